@@ -1,0 +1,182 @@
+"""The cluster as the cost model sees it: nodes of one chip type, and the links between them.
+
+The YAML loader (``autosplit.cluster.load``) validates a user's file into these frozen
+dataclasses; everything downstream trusts them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from autosplit.chips.spec import ChipSpec
+
+__all__ = [
+    "CROSS_VENDOR_MODES",
+    "Node",
+    "VendorLink",
+    "Link",
+    "Cluster",
+    "DeviceRef",
+]
+
+#: How two vendors' devices reach each other (see docs/cost-model.md).
+CROSS_VENDOR_MODES: tuple[str, ...] = ("cpu_relay", "rdma")
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    """One device: the node it sits in and its local index there."""
+
+    node: str
+    local_index: int
+
+    def __str__(self) -> str:
+        return f"{self.node}:{self.local_index}"
+
+
+@dataclass(frozen=True)
+class Node:
+    """A host with ``devices`` accelerators of one chip type.
+
+    ``intra_bw_gbs`` is the per-direction bandwidth of the intra-node link between two devices
+    (NVLink, Infinity Fabric, HCCS, MLU-Link, PCIe); ``nic_bw_gbs`` the per-direction network
+    bandwidth available to each device when it talks to another node.
+    """
+
+    name: str
+    chip: str
+    devices: int
+    intra_link: str
+    intra_bw_gbs: float
+    nic_bw_gbs: float
+    #: Optional per-node memory override (GB per device); ``None`` uses the chip's figure.
+    memory_gb: float | None = None
+    #: Per-direction host↔device bandwidth; ``None`` uses the chip's figure.
+    host_bw_gbs: float | None = None
+
+
+@dataclass(frozen=True)
+class VendorLink:
+    """How devices of two vendors (or two chips) talk across the collective-library divide."""
+
+    a: str
+    b: str
+    mode: str  # one of CROSS_VENDOR_MODES
+    bw_gbs: float | None = None
+    latency_us: float | None = None
+
+
+@dataclass(frozen=True)
+class Link:
+    """A resolved point-to-point path between two devices, as the cost model uses it.
+
+    ``kind`` is one of ``intra_node``, ``same_vendor``, ``rdma``, ``cpu_relay``.
+    ``bw_gbs`` is the effective end-to-end bandwidth (for the CPU relay: the slowest of the
+    two PCIe copies and the network hop, as the copies are chunked and pipelined), and
+    ``latency_s`` the fixed cost per message.
+    """
+
+    kind: str
+    bw_gbs: float
+    latency_s: float
+
+    def transfer_time(self, nbytes: float) -> float:
+        """Seconds to move ``nbytes`` over this link, one message."""
+        if nbytes <= 0:
+            return 0.0
+        return self.latency_s + nbytes / (self.bw_gbs * 1e9)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The whole fleet: nodes, the chips they hold, and the cross-vendor rules."""
+
+    name: str
+    nodes: tuple[Node, ...]
+    chips: dict[str, ChipSpec]
+    #: Default cross-vendor mode when no ``VendorLink`` matches.
+    cross_vendor: str = "cpu_relay"
+    vendor_links: tuple[VendorLink, ...] = ()
+    #: Sets of chip names whose collective libraries interoperate (may share a TP/DP group).
+    collective_groups: tuple[frozenset[str], ...] = ()
+    #: Latency of one inter-node message (seconds).
+    network_latency_s: float = 10e-6
+    #: Extra latency the CPU relay adds per message (two host staging copies).
+    relay_latency_s: float = 50e-6
+    source_file: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    # ---- lookups -----------------------------------------------------------------------
+
+    @property
+    def num_devices(self) -> int:
+        return sum(n.devices for n in self.nodes)
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def chip_of(self, node_name: str) -> ChipSpec:
+        return self.chips[self.node(node_name).chip]
+
+    def chip_types(self) -> list[str]:
+        """Chip names in first-appearance order (deterministic)."""
+        seen: list[str] = []
+        for n in self.nodes:
+            if n.chip not in seen:
+                seen.append(n.chip)
+        return seen
+
+    def nodes_of_chip(self, chip: str) -> list[Node]:
+        return [n for n in self.nodes if n.chip == chip]
+
+    def device_memory_bytes(self, node: Node) -> float:
+        gb = node.memory_gb if node.memory_gb is not None else self.chips[node.chip].memory_gb
+        return gb * 1e9
+
+    def can_share_collective(self, chip_a: str, chip_b: str) -> bool:
+        """Same chip, or listed together in ``collective_groups``."""
+        if chip_a == chip_b:
+            return True
+        return any(chip_a in g and chip_b in g for g in self.collective_groups)
+
+    # ---- links -------------------------------------------------------------------------
+
+    def _vendor_link(self, chip_a: str, chip_b: str) -> VendorLink | None:
+        va, vb = self.chips[chip_a].vendor, self.chips[chip_b].vendor
+        for vl in self.vendor_links:
+            keys = {vl.a.lower(), vl.b.lower()}
+            if {chip_a.lower(), chip_b.lower()} == keys or {va.lower(), vb.lower()} == keys:
+                return vl
+            if chip_a == chip_b and keys == {chip_a.lower()}:
+                return vl
+        return None
+
+    def link_between(self, node_a: Node, node_b: Node) -> Link:
+        """The path a stage-boundary activation takes from a device of ``node_a`` to one of
+        ``node_b``. Same node: the intra-node link. Same collective domain across nodes: the
+        NIC. Otherwise the cross-vendor mode: direct RDMA (the network hop) or the CPU relay
+        (device→host PCIe, network, host→device PCIe; chunked, so the slowest hop bounds the
+        bandwidth and each message pays the staging latency)."""
+        if node_a.name == node_b.name:
+            return Link("intra_node", node_a.intra_bw_gbs, 5e-6)
+        net_bw = min(node_a.nic_bw_gbs, node_b.nic_bw_gbs)
+        if self.can_share_collective(node_a.chip, node_b.chip) or (
+            self.chips[node_a.chip].vendor == self.chips[node_b.chip].vendor
+        ):
+            return Link("same_vendor", net_bw, self.network_latency_s)
+        vl = self._vendor_link(node_a.chip, node_b.chip)
+        mode = vl.mode if vl else self.cross_vendor
+        if vl and vl.bw_gbs:
+            net_bw = min(net_bw, vl.bw_gbs)
+        chip_a, chip_b = self.chips[node_a.chip], self.chips[node_b.chip]
+        if mode == "rdma" and chip_a.supports_rdma and chip_b.supports_rdma:
+            lat = vl.latency_us * 1e-6 if vl and vl.latency_us else self.network_latency_s
+            return Link("rdma", net_bw, lat)
+        host_a = node_a.host_bw_gbs or chip_a.host_bw_gbs
+        host_b = node_b.host_bw_gbs or chip_b.host_bw_gbs
+        lat = (vl.latency_us * 1e-6 if vl and vl.latency_us else
+               self.network_latency_s + self.relay_latency_s)
+        return Link("cpu_relay", min(host_a, net_bw, host_b), lat)
