@@ -49,6 +49,8 @@ class ChipSpec:
     supports_rdma: bool = True
     description: str = ""
     provenance: dict[str, Provenance] = field(default_factory=dict)
+    #: Other names a cluster file may use for this chip (matched case-insensitively).
+    aliases: tuple[str, ...] = ()
 
     def peak_tflops(self, dtype: str) -> float:
         """Peak dense throughput for the training dtype."""

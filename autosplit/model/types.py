@@ -18,8 +18,9 @@ class LayerProfile:
     """One partition unit, per sample (one sequence of ``seq_len`` tokens).
 
     - ``fwd_flops``/``bwd_flops``: FLOPs of the forward and backward pass.
-    - ``fwd_bytes``: bytes the forward pass must move through device memory at least
-      (weights read once, activations written once); the roofline's memory term.
+    - ``fwd_bytes``: activation bytes the forward pass must move through device memory per
+      sample (inputs read, outputs and saved tensors written), excluding weights: the
+      roofline's memory term is ``param_bytes + micro_batch * fwd_bytes``.
     - ``activation_bytes``: bytes autograd keeps for backward (saved tensors).
     - ``input_bytes``: bytes of the unit's input — what full recomputation keeps instead.
     - ``output_bytes``: bytes crossing a stage boundary placed right after this unit.

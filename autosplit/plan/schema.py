@@ -182,6 +182,7 @@ class Plan:
     schedule: str
     zero1: bool
     stages: tuple[StagePlan, ...]
+    memory_reserve_gb: float = 2.0
     prediction: Prediction | None = None
     idle_devices: tuple[str, ...] = ()
     #: When devices are left idle: the best plan that uses every device, and how it compares.

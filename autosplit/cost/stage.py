@@ -1,0 +1,228 @@
+"""Cost of one pipeline stage owning a contiguous range of units.
+
+The search and ``evaluate`` share this module so a searched plan and a re-costed plan get the
+same numbers. Everything is expressed as prefix sums over the model's units, so the cost of a
+range ``[i, j)`` is a difference of two array entries, and whole ``(i, j)`` matrices for the
+layer-split solver come from one numpy broadcast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from autosplit.chips.spec import ChipSpec
+from autosplit.cluster.schema import Cluster, Link, Node
+from autosplit.config import TrainingConfig
+from autosplit.cost.comm import INTRA_NODE_LATENCY_S, allreduce_time, group_bandwidth
+from autosplit.cost.memory import optimizer_bytes_per_param, static_bytes_per_param
+from autosplit.model.types import ModelProfile
+from autosplit.plan.schema import Replica
+from autosplit.protocols.cost import LayerCostProvider
+
+__all__ = ["StageShape", "StageTables", "StageContext", "build_tables", "range_busy",
+           "range_memory", "range_tail", "boundary_p2p", "OPTIMIZER_BYTES_MOVED"]
+
+#: Bytes an Adam step moves per parameter held on the device (read weight, grad, fp32 master,
+#: m, v; write all but the grad) — the step is memory-bound.
+OPTIMIZER_BYTES_MOVED = {"bf16": 2 + 2 + 12 + 12 + 2, "fp16": 2 + 2 + 12 + 12 + 2,
+                         "fp32": 4 + 4 + 8 + 8 + 4}
+
+
+@dataclass(frozen=True)
+class StageShape:
+    """Where a stage runs before layers are assigned: chip, TP degree and its replicas."""
+
+    chip: str
+    tp: int
+    replicas: tuple[Replica, ...]
+
+    @property
+    def dp(self) -> int:
+        return len(self.replicas)
+
+    @property
+    def max_share(self) -> int:
+        return max(r.batch_share for r in self.replicas)
+
+    @property
+    def node_names(self) -> list[str]:
+        return list(dict.fromkeys(r.node for r in self.replicas))
+
+
+@dataclass
+class StageTables:
+    """Prefix sums (length ``L + 1``) of per-unit costs for one chip, TP degree and share.
+
+    Times are per micro-batch on the slowest replica (the one with the largest share).
+    """
+
+    fwd: np.ndarray
+    bwd: np.ndarray
+    rec: np.ndarray
+    tpc: np.ndarray
+    params: np.ndarray
+    act: np.ndarray
+    inp: np.ndarray
+    out_bytes: np.ndarray  # per unit (length L): bytes of its output per sample
+    max_act: float  # largest per-sample activation of one unit (recompute working set)
+    sources: frozenset[str] = field(default_factory=frozenset)
+    unit_sources: tuple[str, ...] = ()
+
+
+def build_tables(*, model: ModelProfile, chip: ChipSpec, node: Node, tp: int, share: int,
+                 costs: LayerCostProvider, dtype: str) -> StageTables:
+    """Per-unit costs of ``model`` on ``chip`` at TP ``tp`` and micro-batch ``share``."""
+    n = model.num_layers
+    fwd = np.zeros(n)
+    bwd = np.zeros(n)
+    rec = np.zeros(n)
+    tpc = np.zeros(n)
+    sources: list[str] = []
+    for k, layer in enumerate(model.layers):
+        t = costs.layer_timing(layer, chip, micro_batch=share, tp=tp, dtype=dtype)
+        fwd[k], bwd[k], rec[k] = t.fwd_s, t.bwd_s, t.recompute_s
+        sources.append(t.source)
+        if tp > 1:
+            one = allreduce_time(layer.output_bytes * share, tp, bw_gbs=node.intra_bw_gbs,
+                                 latency_s=INTRA_NODE_LATENCY_S)
+            tpc[k] = 2 * layer.tp_collectives * one  # forward and backward
+    params = np.array([layer.params for layer in model.layers], dtype=float)
+    act = np.array([layer.activation_bytes for layer in model.layers], dtype=float)
+    inp = np.array([layer.input_bytes for layer in model.layers], dtype=float)
+    out = np.array([layer.output_bytes for layer in model.layers], dtype=float)
+
+    def prefix(a: np.ndarray) -> np.ndarray:
+        return np.concatenate(([0.0], np.cumsum(a)))
+
+    return StageTables(
+        fwd=prefix(fwd), bwd=prefix(bwd), rec=prefix(rec), tpc=prefix(tpc),
+        params=prefix(params), act=prefix(act), inp=prefix(inp), out_bytes=out,
+        max_act=float(act.max()) if n else 0.0, sources=frozenset(sources),
+        unit_sources=tuple(sources),
+    )
+
+
+@dataclass
+class StageContext:
+    """A stage at a fixed position of a fixed pipeline, ready to cost any layer range."""
+
+    index: int
+    num_stages: int
+    shape: StageShape
+    tables: StageTables
+    capacity: float
+    in_flight: int
+    dp_link: Link
+    #: Link to the previous / next stage and whether its transfers block compute.
+    link_in: Link | None
+    link_out: Link | None
+    share_in: int
+    share_out: int
+    training: TrainingConfig
+    chip: ChipSpec
+
+    @staticmethod
+    def blocking(link: Link | None) -> bool:
+        """The CPU relay stages through host memory with synchronous copies, so its transfers
+        serialise with compute on both sides; device-direct links overlap with compute."""
+        return link is not None and link.kind == "cpu_relay"
+
+
+def boundary_p2p(ctx: StageContext, j: np.ndarray | int) -> np.ndarray | float:
+    """One-way time to send the activation at boundary ``j`` (after unit ``j − 1``) out of
+    this stage; the gradient comes back the same size."""
+    if ctx.link_out is None:
+        return np.zeros_like(np.asarray(j, dtype=float)) if np.ndim(j) else 0.0
+    jj = np.asarray(j)
+    nbytes = ctx.tables.out_bytes[np.maximum(jj - 1, 0)] * ctx.share_out
+    link = ctx.link_out
+    return np.where(nbytes > 0, link.latency_s + nbytes / (link.bw_gbs * 1e9), 0.0)
+
+
+def _p2p_in(ctx: StageContext, i: np.ndarray | int) -> np.ndarray | float:
+    if ctx.link_in is None:
+        return np.zeros_like(np.asarray(i, dtype=float)) if np.ndim(i) else 0.0
+    ii = np.asarray(i)
+    nbytes = ctx.tables.out_bytes[np.maximum(ii - 1, 0)] * ctx.share_in
+    link = ctx.link_in
+    return np.where(nbytes > 0, link.latency_s + nbytes / (link.bw_gbs * 1e9), 0.0)
+
+
+def range_busy(ctx: StageContext, i, j, recompute):
+    """Busy time per micro-batch of units ``[i, j)``: forward + backward (+ recompute) +
+    TP all-reduces + transfers over blocking links (activation in, its gradient out, and
+    the same towards the next stage)."""
+    t = ctx.tables
+    busy = (t.fwd[j] - t.fwd[i]) + (t.bwd[j] - t.bwd[i]) + (t.tpc[j] - t.tpc[i])
+    busy = busy + np.where(recompute, t.rec[j] - t.rec[i], 0.0)
+    if StageContext.blocking(ctx.link_in):
+        busy = busy + 2.0 * _p2p_in(ctx, i)
+    if StageContext.blocking(ctx.link_out):
+        busy = busy + 2.0 * boundary_p2p(ctx, j)
+    return busy
+
+
+def range_memory(ctx: StageContext, i, j, recompute):
+    """Peak bytes on the busiest device of the stage, as (static, activations)."""
+    t = ctx.tables
+    tr = ctx.training
+    tp = ctx.shape.tp
+    params = (t.params[j] - t.params[i]) / tp
+    static = params * (static_bytes_per_param(tr) + optimizer_bytes_per_param(tr, dp=ctx.shape.dp))
+    share = ctx.shape.max_share
+    full = ctx.in_flight * share * (t.act[j] - t.act[i]) / tp
+    kept = ctx.in_flight * share * (t.inp[j] - t.inp[i]) / tp + share * t.max_act / tp
+    return static, np.where(recompute, kept, full)
+
+
+def range_tail(ctx: StageContext, i, j):
+    """Data-parallel gradient all-reduce and optimizer step after the last backward."""
+    t = ctx.tables
+    tr = ctx.training
+    params = (t.params[j] - t.params[i]) / ctx.shape.tp
+    grad_bytes = params * tr.dtype_bytes
+    dp = ctx.shape.dp
+    link = ctx.dp_link
+    dp_time = np.vectorize(lambda g: allreduce_time(g, dp, bw_gbs=link.bw_gbs,
+                                                    latency_s=link.latency_s),
+                           otypes=[float])(grad_bytes) if np.ndim(grad_bytes) else \
+        allreduce_time(float(grad_bytes), dp, bw_gbs=link.bw_gbs, latency_s=link.latency_s)
+    moved = OPTIMIZER_BYTES_MOVED[tr.dtype]
+    if tr.zero1 and dp > 1:
+        moved = 2 * tr.dtype_bytes + (moved - 2 * tr.dtype_bytes) / dp
+    opt_time = params * moved / ctx.chip.achievable_bytes_per_s()
+    return dp_time, opt_time
+
+
+def make_context(*, cluster: Cluster, shape: StageShape, tables: StageTables, index: int,
+                 num_stages: int, micro_batches: int, training: TrainingConfig,
+                 prev: StageShape | None, nxt: StageShape | None) -> StageContext:
+    """Bind a stage shape to its position and neighbours."""
+    from autosplit.cost.memory import in_flight_micro_batches
+
+    nodes = [cluster.node(n) for n in shape.node_names]
+    first, last = nodes[0], nodes[-1]
+    link_in = link_out = None
+    share_in = share_out = shape.max_share
+    if prev is not None:
+        link_in = cluster.link_between(cluster.node(prev.node_names[-1]), first)
+        share_in = max(prev.max_share, shape.max_share)
+    if nxt is not None:
+        link_out = cluster.link_between(last, cluster.node(nxt.node_names[0]))
+        share_out = max(nxt.max_share, shape.max_share)
+    dp_nodes = [cluster.node(r.node) for r in shape.replicas]
+    capacity = min(cluster.device_memory_bytes(n) for n in nodes) - training.memory_reserve_gb * 1e9
+    return StageContext(
+        index=index, num_stages=num_stages, shape=shape, tables=tables,
+        capacity=capacity,
+        in_flight=in_flight_micro_batches(schedule=training.schedule, stage=index,
+                                          num_stages=num_stages, micro_batches=micro_batches),
+        dp_link=group_bandwidth(cluster, dp_nodes), link_in=link_in, link_out=link_out,
+        share_in=share_in, share_out=share_out, training=training,
+        chip=cluster.chips[shape.chip],
+    )
+
+
+__all__.append("make_context")

@@ -1,0 +1,81 @@
+"""The one parallel shape a uniform runtime sees in a plan.
+
+Megatron-LM, torchtitan and DeepSpeed describe a job by one TP size, one DP size, one
+micro-batch size per replica and one recompute switch. Every exporter reads those numbers from
+here, after ``expressibility_problems`` has said the plan has them, so the three exporters
+cannot disagree about what the plan means.
+
+Ranks: all three runtimes put the pipeline dimension outermost, so rank ``r`` belongs to stage
+``r // (TP·DP)``; the launcher must start stage ``i``'s ranks on the devices the plan gives
+stage ``i``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autosplit.errors import BadInputError
+from autosplit.plan.schema import Plan
+
+__all__ = ["UniformShape", "uniform_shape", "unit_count", "blocks_per_stage"]
+
+
+@dataclass(frozen=True)
+class UniformShape:
+    """What a uniform runtime needs: sizes, batch split and the recompute switch."""
+
+    tp: int
+    pp: int
+    dp: int
+    #: Samples each data-parallel replica processes per micro-batch.
+    micro_batch_size: int
+    micro_batches: int
+    global_batch: int
+    recompute: bool
+    schedule: str
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.dp
+
+
+def uniform_shape(plan: Plan, target: str) -> UniformShape:
+    """The plan's shape; ``BadInputError`` listing the problems when it has none.
+
+    Call ``project_plan`` first for plans that are not expressible.
+    """
+    from autosplit.export.expressible import expressibility_problems
+
+    problems = expressibility_problems(plan, target)
+    if problems:
+        raise BadInputError(
+            f"the plan cannot be expressed in {target}: " + "; ".join(problems),
+            fix=f"export without --no-project to get the nearest plan {target} can run")
+    first = plan.stages[0]
+    share = first.replicas[0].batch_share
+    return UniformShape(
+        tp=first.tp,
+        pp=plan.num_stages,
+        dp=first.dp,
+        micro_batch_size=share,
+        micro_batches=plan.micro_batch_count,
+        global_batch=plan.global_batch,
+        recompute=first.recompute,
+        schedule=plan.schedule,
+    )
+
+
+def unit_count(plan: Plan) -> int:
+    """Partition units in the model: pre, one per block, post."""
+    return max(s.layer_end for s in plan.stages)
+
+
+def blocks_per_stage(plan: Plan) -> tuple[int, ...]:
+    """Transformer blocks each stage owns (the pre and post units do not count)."""
+    last = unit_count(plan) - 1
+    out = []
+    for s in plan.stages:
+        lo = max(s.layer_start, 1)
+        hi = min(s.layer_end, last)
+        out.append(max(0, hi - lo))
+    return tuple(out)

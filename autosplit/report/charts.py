@@ -1,0 +1,402 @@
+"""The report's pictures, drawn as inline SVG from a plan and its simulated timeline.
+
+Four charts answer the four questions a reader of a plan asks first: where does each layer
+run (``cluster_map_svg``), what does each stage do over one iteration (``timeline_svg``),
+does it fit in memory (``memory_svg``) and where does the time go (``time_breakdown_svg``).
+Every shape carries a tooltip with its exact figures; the same SVG is written as the static
+image export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from autosplit.plan.schema import Plan, StagePlan, StagePrediction
+from autosplit.report.fmt import fmt_bytes, fmt_pct, fmt_seconds
+from autosplit.report.svg import Svg, nice_step, stage_color
+from autosplit.report.timeline import Interval, Timeline
+
+__all__ = [
+    "KIND_COLORS",
+    "MEMORY_COLORS",
+    "TIME_COLORS",
+    "cluster_map_svg",
+    "timeline_svg",
+    "memory_svg",
+    "time_breakdown_svg",
+    "stage_label",
+]
+
+WIDTH = 1100
+LABEL_W = 190
+
+#: Timeline interval colours (forward, backward, recompute part of the backward, transfers).
+KIND_COLORS: dict[str, str] = {
+    "F": "#4e79a7",
+    "B": "#59a14f",
+    "recompute": "#2d6a27",
+    "p2p": "#b07aa1",
+    "dp_sync": "#e15759",
+    "optimizer": "#9c755f",
+    "idle": "#eceff3",
+}
+KIND_NAMES: dict[str, str] = {
+    "F": "forward", "B": "backward", "recompute": "recompute (in backward)",
+    "p2p": "stage-boundary transfer (inside a bar: blocking)", "dp_sync": "DP gradient all-reduce",
+    "optimizer": "optimizer step", "idle": "idle (bubble)",
+}
+
+MEMORY_COLORS: dict[str, str] = {
+    "weights": "#4e79a7",
+    "gradients": "#76b7b2",
+    "optimizer": "#f28e2b",
+    "activations": "#e15759",
+    "reserve": "#bab0ac",
+}
+
+TIME_COLORS: dict[str, str] = {
+    "forward": "#4e79a7",
+    "backward": "#59a14f",
+    "recompute": "#2d6a27",
+    "TP comm": "#edc948",
+    "p2p": "#b07aa1",
+}
+
+
+def stage_label(stage: StagePlan) -> str:
+    """``S0 · H100 · TP2×DP2``."""
+    return f"S{stage.index} · {stage.chip} · TP{stage.tp}×DP{stage.dp}"
+
+
+def _stage_head(svg: Svg, st: StagePlan | None, index: int, *, y: float, h: float) -> None:
+    """The label left of a stage's row: colour, ``S1 · chip`` and, below, its shape."""
+    svg.rect(0, y + 3, 6, h - 6, fill=stage_color(index), rx=2)
+    if st is None:
+        svg.text(12, y + h / 2, f"S{index}", size=12, weight="600")
+        return
+    chip = st.chip if len(st.chip) <= 18 else st.chip[:17] + "…"
+    svg.text(12, y + h / 2 - 7, f"S{st.index} · {chip}", size=12, weight="600",
+             title=stage_label(st))
+    shape = f"TP{st.tp} × DP{st.dp}"
+    svg.text(12, y + h / 2 + 8, shape, size=11, fill="#666")
+    if st.recompute:
+        svg.text(14 + 6.4 * len(shape), y + h / 2 + 8, "· recompute", size=11,
+                 fill=KIND_COLORS["recompute"], weight="600")
+
+
+def _legend(svg: Svg, items: Sequence[tuple[str, str]], *, x: float, y: float,
+            max_x: float = WIDTH) -> float:
+    """Draw legend entries from ``(x, y)``, wrapping at ``max_x``; return the bottom y."""
+    cx, cy = x, y
+    for name, color in items:
+        w = 16 + 6.9 * len(name) + 16
+        if cx > x and cx + w > max_x:
+            cx, cy = x, cy + 18
+        svg.rect(cx, cy - 6, 12, 12, fill=color, rx=2)
+        svg.text(cx + 16, cy, name, size=12, fill="#333")
+        cx += w
+    return cy + 10
+
+
+def _axis(svg: Svg, *, x0: float, x1: float, y: float, top: float, span_s: float) -> float:
+    """Draw a time axis at ``y`` with grid lines up to ``top``; return pixels per second."""
+    scale = (x1 - x0) / span_s if span_s > 0 else 0.0
+    step = nice_step(span_s)
+    svg.line(x0, y, x1, y, stroke="#999")
+    t = 0.0
+    while t <= span_s * 1.0001 and scale > 0:
+        x = x0 + t * scale
+        svg.line(x, top, x, y, stroke="#e3e3e3")
+        svg.line(x, y, x, y + 4, stroke="#999")
+        svg.text(x, y + 15, fmt_seconds(t), size=11, anchor="middle", fill="#555")
+        t += step
+    return scale
+
+
+# --------------------------------------------------------------------------------------
+# cluster → stage → layer map
+# --------------------------------------------------------------------------------------
+
+def _node_devices(plan: Plan) -> dict[str, dict[int, tuple[int, int] | None]]:
+    """node -> local index -> (stage, replica) or None for an idle device, in plan order."""
+    nodes: dict[str, dict[int, tuple[int, int] | None]] = {}
+    for st in plan.stages:
+        for r, rep in enumerate(st.replicas):
+            for idx in rep.local_indices:
+                nodes.setdefault(rep.node, {})[idx] = (st.index, r)
+    for dev in plan.idle_devices:
+        node, _, idx = dev.rpartition(":")
+        if node and idx.isdigit():
+            nodes.setdefault(node, {}).setdefault(int(idx), None)
+    return nodes
+
+
+def cluster_map_svg(plan: Plan, *, node_chips: dict[str, str] | None = None) -> Svg:
+    """Nodes as boxes of devices coloured by the stage they serve, above a strip of the
+    model's partition units coloured the same way."""
+    chips = dict(node_chips or {})
+    for st in plan.stages:
+        for rep in st.replicas:
+            chips.setdefault(rep.node, st.chip)
+    nodes = _node_devices(plan)
+    cell, gap, pad = 46, 6, 10
+    per_row = 8
+    boxes: list[tuple[str, dict[int, tuple[int, int] | None], float, float]] = []
+    for name, devs in nodes.items():
+        n = (max(devs) + 1) if devs else 0
+        cols = min(per_row, max(n, 1))
+        rows = max(1, -(-n // per_row))
+        boxes.append((name, devs, pad * 2 + cols * (cell + gap) - gap,
+                      30 + pad + rows * (cell + gap) - gap + pad))
+    # Flow the node boxes left to right, wrapping at the chart width.
+    placed: list[tuple[float, float]] = []
+    x, y, row_h = 0.0, 0.0, 0.0
+    for _, _, w, h in boxes:
+        if x > 0 and x + w > WIDTH:
+            x, y, row_h = 0.0, y + row_h + 14, 0.0
+        placed.append((x, y))
+        x += w + 14
+        row_h = max(row_h, h)
+    nodes_h = y + row_h
+    strip_top = nodes_h + 34
+    total_units = max((st.layer_end for st in plan.stages), default=0)
+    height = strip_top + 78
+    svg = Svg(WIDTH, height, label="Cluster, stage and layer map")
+    for (name, devs, w, h), (bx, by) in zip(boxes, placed, strict=True):
+        svg.rect(bx + 0.5, by + 0.5, w - 1, h - 1, fill="#fafbfc", stroke="#c8ccd2", rx=6)
+        chip = chips.get(name, "?")
+        svg.text(bx + pad, by + 16, f"{name}", size=13, weight="600")
+        svg.text(bx + w - pad, by + 16, chip, size=12, anchor="end", fill="#666")
+        n = (max(devs) + 1) if devs else 0
+        for i in range(n):
+            cx = bx + pad + (i % per_row) * (cell + gap)
+            cy = by + 30 + (i // per_row) * (cell + gap)
+            owner = devs.get(i)
+            if owner is None:
+                tip = f"{name}:{i} — idle" if i in devs else f"{name}:{i} — not in the plan"
+                svg.rect(cx, cy, cell, cell, fill="#ffffff", stroke="#b9bec5", dash="4 3",
+                         rx=4, title=tip)
+                svg.text(cx + cell / 2, cy + cell / 2, "idle", size=11, anchor="middle",
+                         fill="#888")
+                continue
+            s, r = owner
+            st = plan.stages[s]
+            tip = (f"{name}:{i} — stage {s} ({st.chip}), DP replica {r}, TP group of "
+                   f"{st.tp}, units {st.layer_start}–{st.layer_end - 1}"
+                   + (", recompute" if st.recompute else ""))
+            svg.rect(cx, cy, cell, cell, fill=stage_color(s), rx=4, title=tip)
+            svg.text(cx + cell / 2, cy + cell / 2 - 7, f"S{s}", size=13, anchor="middle",
+                     fill="#fff", weight="700")
+            svg.text(cx + cell / 2, cy + cell / 2 + 10, f"r{r} · {i}", size=10,
+                     anchor="middle", fill="#fff")
+    # The unit strip.
+    svg.text(0, strip_top - 14, f"Model partition units (0–{max(total_units - 1, 0)}), "
+             "in pipeline order", size=12, fill="#444", weight="600")
+    scale = WIDTH / total_units if total_units else 0.0
+    for st in plan.stages:
+        x0, w = st.layer_start * scale, st.num_layers * scale
+        tip = (f"stage {st.index} on {st.chip}: units {st.layer_start}–{st.layer_end - 1}: "
+               f"{', '.join(st.layer_names)}" + (" — recompute" if st.recompute else ""))
+        svg.rect(x0 + 1, strip_top, w - 2, 30, fill=stage_color(st.index), rx=3, title=tip)
+        text = f"S{st.index} · {st.num_layers} unit{'s' if st.num_layers != 1 else ''}"
+        if st.recompute:
+            text += " · R"
+        if w > 7 * len(text):
+            svg.text(x0 + w / 2, strip_top + 15, text, size=12, anchor="middle", fill="#fff",
+                     weight="600")
+        first = st.layer_names[0] if st.layer_names else f"unit {st.layer_start}"
+        if w > 6.2 * len(first):
+            svg.text(x0 + 3, strip_top + 44, first, size=11, fill="#555")
+        svg.line(x0 + 1, strip_top + 31, x0 + 1, strip_top + 36, stroke="#999")
+    return svg
+
+
+# --------------------------------------------------------------------------------------
+# pipeline timeline (Gantt)
+# --------------------------------------------------------------------------------------
+
+def timeline_svg(plan: Plan, timeline: Timeline, *, predicted_s: float | None = None) -> Svg:
+    """One row per stage: forwards, backwards (recompute part darker) and the tails; the
+    transfers between two stages sit in the gap between their rows; gaps are the bubble."""
+    p = timeline.num_stages
+    row_h, link_h = 32, 12
+    left, right = LABEL_W, 24
+    span = max(timeline.makespan_s, predicted_s or 0.0) or 1.0
+    svg = Svg(WIDTH, 0, label=f"Pipeline timeline ({timeline.schedule})")
+    top = _legend(svg, [(KIND_NAMES[k], KIND_COLORS[k]) for k in
+                        ("F", "B", "recompute", "p2p", "dp_sync", "optimizer", "idle")],
+                  x=left, y=10, max_x=WIDTH - 140) + 22
+    svg.height = top + p * row_h + max(p - 1, 0) * link_h + 34
+    x0, x1 = left, WIDTH - right
+    axis_y = top + p * row_h + max(p - 1, 0) * link_h + 8
+    scale = _axis(svg, x0=x0, x1=x1, y=axis_y, top=top - 6, span_s=span)
+
+    def row_y(s: int) -> float:
+        return top + s * (row_h + link_h)
+
+    for s in range(p):
+        y = row_y(s)
+        _stage_head(svg, plan.stages[s] if s < len(plan.stages) else None, s, y=y, h=row_h)
+        svg.rect(x0, y, timeline.pipeline_s * scale, row_h, fill=KIND_COLORS["idle"],
+                 title=(f"stage {s}: idle {fmt_seconds(timeline.idle_s(s))} of "
+                        f"{fmt_seconds(timeline.pipeline_s)} "
+                        f"({fmt_pct(timeline.idle_s(s) / timeline.pipeline_s)})"
+                        if timeline.pipeline_s > 0 else f"stage {s}"))
+    for iv in timeline.intervals:
+        w = iv.duration_s * scale
+        xs = x0 + iv.start_s * scale
+        if iv.kind in ("p2p_fwd", "p2p_bwd"):
+            y = row_y(iv.stage) + row_h + (1 if iv.kind == "p2p_fwd" else link_h / 2)
+            direction = (f"S{iv.stage}→S{iv.stage + 1} activations" if iv.kind == "p2p_fwd"
+                         else f"S{iv.stage + 1}→S{iv.stage} gradients")
+            svg.rect(xs, y, max(w, 1.0), link_h / 2 - 1, fill=KIND_COLORS["p2p"],
+                     title=f"{direction}, micro-batch {iv.micro_batch}: "
+                           f"{fmt_seconds(iv.start_s)} → {fmt_seconds(iv.end_s)}")
+            continue
+        y = row_y(iv.stage)
+        if iv.kind in ("F", "B"):
+            label = "forward" if iv.kind == "F" else "backward"
+            tip = (f"stage {iv.stage} {label} of micro-batch {iv.micro_batch}: "
+                   f"{fmt_seconds(iv.start_s)} → {fmt_seconds(iv.end_s)} "
+                   f"({fmt_seconds(iv.duration_s)})")
+            svg.rect(xs, y + 1, max(w - 0.6, 0.6), row_h - 2, fill=KIND_COLORS[iv.kind],
+                     title=tip)
+            _pass_parts(svg, iv, timeline, xs=xs, y=y + 1, h=row_h - 2, scale=scale, tip=tip)
+            if w >= 9 + 6 * len(str(iv.micro_batch)):
+                svg.text(xs + w / 2, y + row_h / 2 + 1, str(iv.micro_batch), size=10,
+                         anchor="middle", fill="#fff")
+        else:
+            svg.rect(xs, y + 1, max(w, 1.0), row_h - 2, fill=KIND_COLORS[iv.kind],
+                     title=f"stage {iv.stage} {KIND_NAMES[iv.kind]}: "
+                           f"{fmt_seconds(iv.duration_s)}")
+    if predicted_s:
+        xp = x0 + predicted_s * scale
+        svg.line(xp, top - 8, xp, axis_y, stroke="#222", width=1.2, dash="5 3")
+        svg.text(min(xp, x1) - 4, top - 14, f"cost model: {fmt_seconds(predicted_s)}",
+                 size=11, anchor="end", fill="#222")
+    return svg
+
+
+def _pass_parts(svg: Svg, iv: Interval, timeline: Timeline, *, xs: float, y: float,
+                h: float, scale: float, tip: str) -> None:
+    """Overlay the parts of a pass that are not its own compute: transfers over a blocking
+    link (receive first and send last in a forward; the reverse in a backward) and the
+    recomputation at the start of a backward."""
+    if iv.stage >= len(timeline.stage_times):
+        return
+    st = timeline.stage_times[iv.stage]
+    if iv.kind == "F":
+        segments = [(0.0, st.recv_s, "p2p", "receive activations"),
+                    (iv.duration_s - st.send_s, st.send_s, "p2p", "send activations")]
+    else:
+        segments = [(0.0, st.send_s, "p2p", "receive gradients"),
+                    (st.send_s, st.recompute_s, "recompute", "recompute"),
+                    (iv.duration_s - st.recv_s, st.recv_s, "p2p", "send gradients")]
+    for offset, dur, kind, what in segments:
+        if dur <= 0:
+            continue
+        svg.rect(xs + offset * scale, y, dur * scale, h, fill=KIND_COLORS[kind],
+                 title=f"{tip}; {what} {fmt_seconds(dur)}")
+
+
+# --------------------------------------------------------------------------------------
+# memory
+# --------------------------------------------------------------------------------------
+
+def _pred_by_stage(plan: Plan) -> dict[int, StagePrediction]:
+    if plan.prediction is None:
+        return {}
+    return {sp.index: sp for sp in plan.prediction.stages}
+
+
+def memory_svg(plan: Plan) -> Svg:
+    """Per stage, the most loaded device's memory, stacked, inside a box of its capacity."""
+    preds = _pred_by_stage(plan)
+    row_h, gap = 32, 14
+    right = 210
+    n = len(plan.stages)
+    svg = Svg(WIDTH, 0, label="Memory per device")
+    top = _legend(svg, list(MEMORY_COLORS.items()), x=LABEL_W, y=10) + 14
+    svg.height = top + n * (row_h + gap)
+    peak = max((max(sp.memory.capacity, sp.memory.total) for sp in preds.values()), default=1.0)
+    scale = (WIDTH - LABEL_W - right) / peak if peak > 0 else 0.0
+    for i, st in enumerate(plan.stages):
+        y = top + i * (row_h + gap)
+        _stage_head(svg, st, st.index, y=y, h=row_h)
+        sp = preds.get(st.index)
+        if sp is None:
+            svg.text(LABEL_W, y + row_h / 2, "no prediction", size=12, fill="#888")
+            continue
+        mem = sp.memory
+        over = mem.total > mem.capacity
+        svg.rect(LABEL_W, y, mem.capacity * scale, row_h, fill="#f6f7f9",
+                 stroke="#d33" if over else "#9aa1aa", stroke_width=1.2, rx=3,
+                 title=f"capacity {fmt_bytes(mem.capacity)}")
+        x = LABEL_W
+        for part in MEMORY_COLORS:
+            v = float(getattr(mem, part))
+            if v <= 0:
+                continue
+            tip = f"stage {st.index} {part}: {fmt_bytes(v)}"
+            if part == "activations":
+                tip += f" ({sp.in_flight} micro-batch(es) in flight"
+                tip += ", recomputed layers keep only their inputs)" if st.recompute else ")"
+            svg.rect(x, y + 3, v * scale, row_h - 6, fill=MEMORY_COLORS[part], title=tip)
+            x += v * scale
+        cap_x = LABEL_W + mem.capacity * scale
+        svg.line(cap_x, y - 3, cap_x, y + row_h + 3, stroke="#d33" if over else "#555",
+                 width=1.5)
+        text = (f"{fmt_bytes(mem.total)} / {fmt_bytes(mem.capacity)} "
+                f"({fmt_pct(mem.total / mem.capacity, 0) if mem.capacity else '—'})")
+        svg.text(max(cap_x, x) + 8, y + row_h / 2, text, size=12,
+                 fill="#c00" if over else "#222", weight="600" if over else "normal")
+    return svg
+
+
+# --------------------------------------------------------------------------------------
+# compute vs communication
+# --------------------------------------------------------------------------------------
+
+def time_breakdown_svg(plan: Plan) -> Svg:
+    """Per stage and micro-batch: forward, backward, recompute, TP and boundary comm."""
+    preds = _pred_by_stage(plan)
+    bottleneck = plan.prediction.bottleneck_stage if plan.prediction else -1
+    row_h, gap, right = 30, 12, 210
+    n = len(plan.stages)
+    svg = Svg(WIDTH, 0, label="Per-stage time per micro-batch")
+    top = _legend(svg, list(TIME_COLORS.items()), x=LABEL_W, y=10) + 16
+    svg.height = top + n * (row_h + gap) + 30
+
+    def parts(sp: StagePrediction) -> list[tuple[str, float]]:
+        return [("forward", sp.fwd_s), ("backward", sp.bwd_s), ("recompute", sp.recompute_s),
+                ("TP comm", sp.tp_comm_s), ("p2p", sp.p2p_in_s + sp.p2p_out_s)]
+
+    longest = max((max(sum(v for _, v in parts(sp)), sp.busy_s) for sp in preds.values()),
+                  default=0.0)
+    span = longest or 1.0
+    scale = (WIDTH - LABEL_W - right) / span
+    axis_y = top + n * (row_h + gap)
+    _axis(svg, x0=LABEL_W, x1=LABEL_W + span * scale, y=axis_y, top=top - 6, span_s=span)
+    for i, st in enumerate(plan.stages):
+        y = top + i * (row_h + gap)
+        is_bn = st.index == bottleneck
+        _stage_head(svg, st, st.index, y=y, h=row_h)
+        sp = preds.get(st.index)
+        if sp is None:
+            continue
+        x = LABEL_W
+        for name, v in parts(sp):
+            if v <= 0:
+                continue
+            svg.rect(x, y, v * scale, row_h, fill=TIME_COLORS[name],
+                     title=f"stage {st.index} {name}: {fmt_seconds(v)} per micro-batch")
+            x += v * scale
+        bx = LABEL_W + sp.busy_s * scale
+        svg.line(bx, y - 3, bx, y + row_h + 3, stroke="#222", width=1.5)
+        text = f"busy {fmt_seconds(sp.busy_s)}"
+        if is_bn:
+            text += "  ◀ bottleneck"
+        svg.text(max(x, bx) + 8, y + row_h / 2, text, size=12,
+                 fill="#c00" if is_bn else "#222", weight="700" if is_bn else "normal")
+    return svg
+

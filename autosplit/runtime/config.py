@@ -1,0 +1,77 @@
+"""What every rank of a run needs to know, in one serialisable record.
+
+The launcher checks the plan once, resolves the options (devices, backend, relay) and hands
+each rank the same ``RunConfig`` as a JSON file, so ranks started by our launcher and ranks
+started by ``torchrun`` behave identically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["RunConfig", "RankLayout"]
+
+
+@dataclass(frozen=True)
+class RankLayout:
+    """Where a rank sits: ranks are numbered stage-major, ``rank = stage * dp + replica``."""
+
+    num_stages: int
+    dp: int
+
+    @property
+    def world_size(self) -> int:
+        return self.num_stages * self.dp
+
+    def stage_of(self, rank: int) -> int:
+        return rank // self.dp
+
+    def replica_of(self, rank: int) -> int:
+        return rank % self.dp
+
+    def rank_of(self, stage: int, replica: int) -> int:
+        return stage * self.dp + replica
+
+    def pipeline_ranks(self, replica: int) -> list[int]:
+        return [self.rank_of(s, replica) for s in range(self.num_stages)]
+
+    def replica_ranks(self, stage: int) -> list[int]:
+        return [self.rank_of(stage, r) for r in range(self.dp)]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A checked run: the plan and model to load, and how to execute them."""
+
+    plan_path: str
+    model_path: str
+    model_args: dict[str, str]
+    steps: int
+    warmup: int
+    device: str  # "cpu" | "cuda"
+    backend: str  # "gloo" | "nccl"
+    #: Stage boundaries go through host memory over gloo while stages compute on GPUs.
+    cpu_relay: bool
+    #: CUDA device index per rank (empty on the CPU).
+    cuda_devices: tuple[int, ...]
+    #: Extra environment per rank (e.g. CUDA MPS thread percentages), applied before CUDA.
+    rank_env: dict[int, dict[str, str]] = field(default_factory=dict)
+    seed: int = 0
+    output: str = ""
+    #: Where each rank saves its parameters after the last step (tests); empty: don't.
+    dump_params_dir: str = ""
+    #: Compute dtype override ("fp32" on the CPU, else the plan's dtype).
+    dtype: str = "bf16"
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["rank_env"] = {str(k): v for k, v in self.rank_env.items()}
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        d = json.loads(text)
+        d["cuda_devices"] = tuple(d["cuda_devices"])
+        d["rank_env"] = {int(k): v for k, v in d["rank_env"].items()}
+        return cls(**d)

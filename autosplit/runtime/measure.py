@@ -1,0 +1,156 @@
+"""What a real run measured, in the form ``autosplit validate`` compares with the plan.
+
+Step time is wall-clock between two barriers around one optimizer step (every rank waits for
+its device before the barrier), so it is the iteration time the cost model predicts. Memory is
+``torch.cuda.max_memory_allocated`` per rank on CUDA (what tensors really held, without the
+caching allocator's slack); on the CPU the peak resident-set growth of the rank process, which
+is only indicative.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from autosplit.errors import BadInputError
+from autosplit.plan.schema import Plan
+
+__all__ = ["MEASURED_SCHEMA", "RankResult", "MeasuredRun", "plan_fingerprint", "peak_rss_bytes",
+           "summarise", "save_measured", "load_measured", "device_name"]
+
+MEASURED_SCHEMA = "autosplit.measured/1"
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """One rank's share of the measurement."""
+
+    rank: int
+    stage: int
+    replica: int
+    device: str
+    device_name: str
+    peak_memory_bytes: int | None
+    peak_reserved_bytes: int | None
+    memory_kind: str  # "cuda_max_allocated" | "cpu_rss_growth"
+    params: int
+    step_times_s: tuple[float, ...]
+    losses: tuple[float, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MeasuredRun:
+    """The whole run, as written to ``measured.json``."""
+
+    plan_fingerprint: str
+    plan_file: str
+    model_file: str
+    model_args: dict[str, str]
+    device: str
+    backend: str
+    cpu_relay: bool
+    dtype: str
+    steps: int
+    warmup: int
+    global_batch: int
+    micro_batch_count: int
+    tokens_per_sample: int
+    step_times_s: tuple[float, ...]
+    median_step_s: float
+    tokens_per_s: float
+    samples_per_s: float
+    loss: tuple[float, ...]
+    ranks: tuple[RankResult, ...]
+    torch_version: str
+    schema: str = MEASURED_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    """Hash of what the runtime executes (stages, batch, schedule), not of the prediction."""
+    d = plan.to_dict()
+    keep = {k: d[k] for k in ("model", "global_batch", "micro_batch_count", "schedule",
+                              "zero1", "stages")}
+    for stage in keep["stages"]:
+        stage.pop("cost_source", None)
+    text = json.dumps(keep, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def summarise(*, ranks: list[RankResult], warmup: int, global_batch: int,
+              tokens_per_sample: int) -> tuple[tuple[float, ...], float, float, float]:
+    """Per-step time (slowest rank), median after warm-up, tokens/s, samples/s."""
+    steps = min(len(r.step_times_s) for r in ranks)
+    times = tuple(max(r.step_times_s[i] for r in ranks) for i in range(steps))
+    timed = times[warmup:] or times
+    median = statistics.median(timed)
+    samples = global_batch / median if median > 0 else 0.0
+    return times, median, samples * tokens_per_sample, samples
+
+
+def save_measured(run: MeasuredRun, path: str) -> None:
+    """Write atomically: a crash never leaves half a file behind."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".measured-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(run.to_dict(), fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_measured(path: str) -> MeasuredRun:
+    """Read ``measured.json``; malformed files raise ``BadInputError``."""
+    try:
+        with open(path) as fh:
+            d = json.load(fh)
+    except FileNotFoundError:
+        raise BadInputError("file not found", file=path,
+                            fix="pass the file written by `autosplit run -o`") from None
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"not valid JSON ({exc.msg}, line {exc.lineno})", file=path,
+                            fix="pass the file written by `autosplit run -o`") from None
+    if not isinstance(d, dict) or d.get("schema") != MEASURED_SCHEMA:
+        raise BadInputError(f"not a measured-run file (schema must be '{MEASURED_SCHEMA}')",
+                            file=path, field="schema",
+                            fix="pass the file written by `autosplit run -o`")
+    try:
+        ranks = tuple(RankResult(**{**r, "step_times_s": tuple(r["step_times_s"]),
+                                    "losses": tuple(r.get("losses", ()))})
+                      for r in d["ranks"])
+        fields = {k: v for k, v in d.items() if k != "ranks"}
+        fields["step_times_s"] = tuple(fields["step_times_s"])
+        fields["loss"] = tuple(fields["loss"])
+        return MeasuredRun(ranks=ranks, **fields)
+    except (KeyError, TypeError) as exc:
+        raise BadInputError(f"missing or unexpected field ({exc})", file=path,
+                            fix="pass the file written by `autosplit run -o`") from None

@@ -1,0 +1,201 @@
+"""One rank of a planned run: process groups, its stage, the schedule, the training loop.
+
+The pipeline is ``torch.distributed.pipelining``: one ``PipelineStage`` per rank and
+``Schedule1F1B`` or ``ScheduleGPipe`` as the plan says, with the plan's micro-batch count and
+the model's loss on the last stage. Boundary shapes are given to the stage up front (worked out
+on the meta device from the model itself), so no shape inference runs on the real devices.
+
+With the CPU relay, stage boundaries are host tensors over gloo: the stage copies its input to
+its GPU, computes, and copies its output back to the host — the path between chips whose
+collective libraries cannot talk to each other. Data parallelism (same degree on every stage,
+equal shares) averages each stage's gradients over its replicas after the schedule step.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+from autosplit.model.loader import ModelSource, build_on_meta, load_model_source
+from autosplit.plan.io import load_plan
+from autosplit.plan.schema import Plan
+from autosplit.runtime.config import RankLayout, RunConfig
+from autosplit.runtime.data import step_batch
+from autosplit.runtime.measure import RankResult, device_name, peak_rss_bytes
+from autosplit.runtime.stage_builder import (
+    StageModule,
+    build_stage,
+    model_partition,
+    stage_hooks,
+    unit_span,
+)
+
+__all__ = ["run_rank", "TORCH_DTYPES", "default_loss"]
+
+TORCH_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16,
+                                        "fp32": torch.float32}
+
+_SCHEDULES = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}
+
+
+def default_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the last dimension (the model-file convention's default)."""
+    return F.cross_entropy(outputs.float().flatten(0, -2), targets.flatten())
+
+
+def _boundary_metas(source: ModelSource, *, plan: Plan, stage_index: int, micro_batch: int,
+                    boundary_dtype: torch.dtype | None, seed: int,
+                    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Meta tensors of this stage's inputs and outputs for one micro-batch.
+
+    Runs every unit up to the end of this stage on the meta device (no memory, no compute)
+    with the same stage forward the real run uses, so shapes and dtypes match exactly."""
+    model = build_on_meta(source)
+    partition = model_partition(source, model, seq_len=plan.model.seq_len)
+    hooks = stage_hooks(source)
+    batch = step_batch(source, step=0, seed=seed, global_batch=micro_batch,
+                       seq_len=plan.model.seq_len, replica=0, replicas=1)
+    current: tuple[torch.Tensor, ...] = tuple(t.to("meta") for t in batch.inputs)
+    stage_inputs = current
+    n_units = plan.model.num_layers
+    for s in plan.stages[: stage_index + 1]:
+        probe = StageModule(model, span=unit_span(partition, s.layer_start, s.layer_end),
+                            hooks=hooks, path=source.path, block_list=partition.block_list,
+                            post_all=partition.post, recompute=False,
+                            is_last=s.layer_end == n_units)
+        probe.compute_device = torch.device("meta")
+        probe.boundary_dtype = boundary_dtype
+        if s.index == stage_index:
+            stage_inputs = current
+        with torch.no_grad():
+            out = probe(*current)
+        current = out if isinstance(out, tuple) else (out,)
+    return stage_inputs, current
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _make_loss(source: ModelSource, autocast: torch.dtype | None,
+               device: torch.device) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    user = source.loss_fn or default_loss
+
+    def loss(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        targets = targets.to(outputs.device if isinstance(outputs, torch.Tensor) else device)
+        if autocast is not None:
+            with torch.autocast(device.type, dtype=autocast):
+                return user(outputs, targets)
+        return user(outputs, targets)
+
+    return loss
+
+
+def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResult]:
+    """Run this rank's share of the plan; returns every rank's result (gathered)."""
+    plan = load_plan(config.plan_path)
+    layout = RankLayout(plan.num_stages, plan.stages[0].dp)
+    stage_index, replica = layout.stage_of(rank), layout.replica_of(rank)
+    stage_plan = plan.stages[stage_index]
+
+    if config.device == "cuda":
+        device = torch.device("cuda", config.cuda_devices[rank])
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    comm_device = torch.device("cpu") if config.cpu_relay or device.type == "cpu" else device
+
+    dist.init_process_group(backend=config.backend, rank=rank, world_size=world_size)
+    control = dist.new_group(backend="gloo") if config.backend != "gloo" else None
+    pp_groups = [dist.new_group(ranks=layout.pipeline_ranks(r)) for r in range(layout.dp)]
+    dp_groups = ([dist.new_group(ranks=layout.replica_ranks(s)) for s in range(layout.num_stages)]
+                 if layout.dp > 1 else [])
+    try:
+        source = load_model_source(config.model_path, config.model_args)
+        rss_before = peak_rss_bytes()
+        compute_dtype = TORCH_DTYPES[config.dtype]
+        autocast = compute_dtype if compute_dtype != torch.float32 else None
+        stage = build_stage(source, start=stage_plan.layer_start, end=stage_plan.layer_end,
+                            num_units=plan.model.num_layers,
+                            seq_len=plan.model.seq_len, recompute=stage_plan.recompute,
+                            seed=config.seed, device=device)
+        stage.autocast_dtype = autocast
+        stage.boundary_dtype = compute_dtype
+        stage.send_device = comm_device if comm_device != device else None
+        micro = plan.global_batch // plan.micro_batch_count // layout.dp
+        in_meta, out_meta = _boundary_metas(source, plan=plan, stage_index=stage_index,
+                                            micro_batch=micro, boundary_dtype=compute_dtype,
+                                            seed=config.seed)
+        is_last = stage_index == plan.num_stages - 1
+        pipe_stage = PipelineStage(stage, stage_index, plan.num_stages, comm_device,
+                                   input_args=in_meta, output_args=out_meta,
+                                   group=pp_groups[replica])
+        schedule = _SCHEDULES[plan.schedule](
+            pipe_stage, plan.micro_batch_count,
+            loss_fn=_make_loss(source, autocast, device) if is_last else None)
+        params = [p for p in stage.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        step_times: list[float] = []
+        losses: list[float] = []
+        local_batch = plan.global_batch // layout.dp
+        barrier_group = control
+        for step in range(config.steps):
+            batch = step_batch(source, step=step, seed=config.seed,
+                               global_batch=plan.global_batch, seq_len=plan.model.seq_len,
+                               replica=replica, replicas=layout.dp)
+            assert batch.inputs[0].shape[0] == local_batch
+            optimizer.zero_grad(set_to_none=True)
+            _sync(device)
+            dist.barrier(group=barrier_group)
+            start = time.perf_counter()
+            if stage_index == 0:
+                schedule.step(*(t.to(comm_device) for t in batch.inputs))
+            elif is_last:
+                mb_losses: list[torch.Tensor] = []
+                schedule.step(target=batch.targets.to(device), losses=mb_losses)
+                losses.append(float(torch.stack([x.detach().float() for x in mb_losses])
+                                    .mean().cpu()))
+            else:
+                schedule.step()
+            if dp_groups:
+                for p in params:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad, group=dp_groups[stage_index])
+                        p.grad.div_(layout.dp)
+            optimizer.step()
+            _sync(device)
+            dist.barrier(group=barrier_group)
+            step_times.append(time.perf_counter() - start)
+
+        if device.type == "cuda":
+            peak: int | None = int(torch.cuda.max_memory_allocated(device))
+            reserved: int | None = int(torch.cuda.max_memory_reserved(device))
+            kind = "cuda_max_allocated"
+        else:
+            peak, reserved, kind = max(0, peak_rss_bytes() - rss_before), None, "cpu_rss_growth"
+        if config.dump_params_dir and replica == 0:
+            state = {k: v.detach().float().cpu() for k, v in stage.model.state_dict().items()}
+            torch.save(state, os.path.join(config.dump_params_dir, f"stage{stage_index}.pt"))
+        env = {k: v for k, v in os.environ.items()
+               if k.startswith("CUDA_MPS_") or k == "CUDA_VISIBLE_DEVICES"}
+        result = RankResult(rank=rank, stage=stage_index, replica=replica, device=str(device),
+                            device_name=device_name(device), peak_memory_bytes=peak,
+                            peak_reserved_bytes=reserved, memory_kind=kind,
+                            params=sum(p.numel() for p in params),
+                            step_times_s=tuple(step_times), losses=tuple(losses), env=env)
+        gathered: list[Any] = [None] * world_size
+        dist.all_gather_object(gathered, result, group=control)
+        return list(gathered)
+    finally:
+        dist.destroy_process_group()

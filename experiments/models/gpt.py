@@ -1,0 +1,148 @@
+"""GPT-2/GPT-3 style decoder-only transformer, the reference model for autosplit's planner.
+
+Architecture (Radford et al. 2019; Brown et al. 2020, "Language Models are Few-Shot Learners",
+arXiv 2005.14165): learned token and position embeddings, pre-LayerNorm blocks of causal
+multi-head attention (``F.scaled_dot_product_attention(is_causal=True)``) and a GELU MLP of
+width 4h, a final LayerNorm and an **untied** output head (no bias). Untied so that the first
+and last pipeline stages each own their own weights; tying would save V·h parameters.
+No dropout: it changes neither FLOPs nor the parameter count, and keeps the example exact.
+
+Parameters: V·h (tokens) + P·h (positions) + L·(12h² + 13h) + 2h (final LN) + V·h (head).
+
+Model args (strings, from ``--model-arg``): ``size`` (tiny, 125m, 350m, 760m, 1.3b, 2.7b,
+6.7b, 13b, 30b, 175b) and overrides ``layers``, ``hidden``, ``heads``, ``vocab``,
+``positions``. Sizes follow Table 2.1 of Brown et al. 2020 with vocab 50257 and 2048
+positions. Three departures where the table is inconsistent or silent: for 1.3B it prints
+24 heads of 128 with d_model 2048 — 16 heads of 128 are used; for 13B it prints d_model 5140,
+which does not divide into its 40 heads of 128 — 5120 is used; 30B is not in that table and
+uses OPT-30B's shape (48 layers, 7168 hidden, 56 heads; Zhang et al. 2022, arXiv 2205.01068,
+Table 1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SIZES", "GPT", "Block", "build_model", "example_batch", "BLOCKS"]
+
+BLOCKS = "blocks"
+
+#: size -> (layers, hidden, heads, vocab, positions)
+SIZES: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (4, 128, 4, 512, 256),
+    "125m": (12, 768, 12, 50257, 2048),
+    "350m": (24, 1024, 16, 50257, 2048),
+    "760m": (24, 1536, 16, 50257, 2048),
+    "1.3b": (24, 2048, 16, 50257, 2048),
+    "2.7b": (32, 2560, 32, 50257, 2048),
+    "6.7b": (32, 4096, 32, 50257, 2048),
+    "13b": (40, 5120, 40, 50257, 2048),
+    "30b": (48, 7168, 56, 50257, 2048),
+    "175b": (96, 12288, 96, 50257, 2048),
+}
+
+#: ``example_batch`` draws token ids below this, so any vocab of at least this size works.
+_BATCH_VOCAB = 256
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with a fused QKV projection."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, h = x.shape
+        q, k, v = self.qkv(x).split(h, dim=-1)
+        q, k, v = (t.view(b, s, self.heads, h // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, s, h))
+
+
+class MLP(nn.Module):
+    """h -> 4h -> h with GELU."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(hidden, 4 * hidden)
+        self.proj = nn.Linear(4 * hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: 12h² + 13h parameters."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(hidden)
+        self.attn = Attention(hidden, heads)
+        self.ln_2 = nn.LayerNorm(hidden)
+        self.mlp = MLP(hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Token ids ``(b, s)`` -> logits ``(b, s, vocab)``."""
+
+    def __init__(self, *, layers: int, hidden: int, heads: int, vocab: int,
+                 positions: int) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(vocab, hidden)
+        self.wpe = nn.Embedding(positions, hidden)
+        self.blocks = nn.ModuleList(Block(hidden, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, vocab, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+def _int_arg(name: str, value: str | None, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"model arg {name}={value!r} is not an integer") from None
+    if number < 1:
+        raise ValueError(f"model arg {name}={value!r} must be positive")
+    return number
+
+
+def build_model(size: str = "125m", layers: str | None = None, hidden: str | None = None,
+                heads: str | None = None, vocab: str | None = None,
+                positions: str | None = None) -> GPT:
+    """A GPT of a named ``size``; any dimension can be overridden."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    d_layers, d_hidden, d_heads, d_vocab, d_positions = SIZES[size]
+    n_hidden = _int_arg("hidden", hidden, d_hidden)
+    n_heads = _int_arg("heads", heads, d_heads)
+    if n_hidden % n_heads:
+        raise ValueError(f"hidden {n_hidden} is not divisible by heads {n_heads}")
+    n_vocab = _int_arg("vocab", vocab, d_vocab)
+    if n_vocab < _BATCH_VOCAB:
+        raise ValueError(f"vocab must be at least {_BATCH_VOCAB}")
+    return GPT(layers=_int_arg("layers", layers, d_layers), hidden=n_hidden, heads=n_heads,
+               vocab=n_vocab, positions=_int_arg("positions", positions, d_positions))
+
+
+def example_batch(batch_size: int, seq_len: int,
+                  device: torch.device | str = "cpu") -> tuple[tuple[torch.Tensor], torch.Tensor]:
+    """Random token ids and next-token targets, ``(b, seq_len)`` each."""
+    tokens = torch.randint(0, _BATCH_VOCAB, (batch_size, seq_len + 1), device=device)
+    return (tokens[:, :-1],), tokens[:, 1:]

@@ -1,0 +1,64 @@
+"""Small synthetic models and clusters for fast, exact tests of the cost model and search."""
+
+from __future__ import annotations
+
+from autosplit.chips.spec import ChipSpec
+from autosplit.cluster.schema import Cluster, Node
+from autosplit.model.types import LayerProfile, ModelProfile
+
+
+def gpt_like_model(*, blocks: int = 8, hidden: int = 1024, seq: int = 1024,
+                   vocab: int = 32000) -> ModelProfile:
+    """A transformer described by the textbook formulas (not by ingestion)."""
+    h, s = hidden, seq
+    block_params = 12 * h * h + 13 * h
+    emb_params = vocab * h + s * h
+    head_params = vocab * h + 2 * h
+    act = s * h * 34 + 5 * 16 * s * s  # Korthikanti et al., 16 heads, bytes per sample
+    layers = [LayerProfile(index=0, name="pre", kind="pre", module_names=("wte", "wpe"),
+                           params=emb_params, param_bytes=2 * emb_params, fwd_flops=0.0,
+                           bwd_flops=0.0, fwd_bytes=4.0 * s * h, activation_bytes=2.0 * s * h,
+                           input_bytes=8.0 * s, output_bytes=2.0 * s * h, tp_collectives=1,
+                           layer_kind="pre")]
+    for k in range(blocks):
+        f = 2.0 * block_params * s + 4.0 * s * s * h
+        layers.append(LayerProfile(
+            index=k + 1, name=f"h.{k}", kind="block", module_names=(f"h.{k}",),
+            params=block_params, param_bytes=2 * block_params, fwd_flops=f, bwd_flops=2 * f,
+            fwd_bytes=float(act + 4 * s * h), activation_bytes=float(act),
+            input_bytes=2.0 * s * h, output_bytes=2.0 * s * h, tp_collectives=2,
+            layer_kind="block"))
+    f = 2.0 * vocab * h * s
+    layers.append(LayerProfile(index=blocks + 1, name="post", kind="post",
+                               module_names=("ln_f", "lm_head"), params=head_params,
+                               param_bytes=2 * head_params, fwd_flops=f, bwd_flops=2 * f,
+                               fwd_bytes=4.0 * s * vocab, activation_bytes=4.0 * s * vocab,
+                               input_bytes=2.0 * s * h, output_bytes=4.0 * s,
+                               tp_collectives=1, layer_kind="post"))
+    return ModelProfile(name="synthetic-gpt", source_file="<synthetic>", layers=tuple(layers),
+                        seq_len=s, dtype="bf16", tokens_per_sample=s, block_list="h",
+                        fingerprint="synthetic")
+
+
+def chip(name: str, tflops: float, *, mem_gb: float = 80.0, vendor: str = "NVIDIA",
+         bw: float = 2000.0) -> ChipSpec:
+    return ChipSpec(name=name, vendor=vendor, tflops_bf16=tflops, tflops_fp16=tflops,
+                    tflops_fp32=tflops / 10, memory_gb=mem_gb, memory_bw_gbs=bw,
+                    intra_node_link="nvlink", intra_node_bw_gbs=300.0,
+                    collective_library="NCCL", compute_efficiency=0.7)
+
+
+def two_type_cluster(*, fast: int = 4, slow: int = 4, ratio: float = 3.0,
+                     slow_mem_gb: float = 80.0, cross_vendor: bool = False) -> Cluster:
+    fast_chip = chip("FAST", 300.0 * ratio, bw=2000.0 * ratio)
+    slow_chip = chip("SLOW", 300.0, mem_gb=slow_mem_gb,
+                     vendor="OTHER" if cross_vendor else "NVIDIA")
+    nodes = []
+    if fast:
+        nodes.append(Node(name="fast", chip="FAST", devices=fast, intra_link="nvlink",
+                          intra_bw_gbs=300.0, nic_bw_gbs=25.0))
+    if slow:
+        nodes.append(Node(name="slow", chip="SLOW", devices=slow, intra_link="nvlink",
+                          intra_bw_gbs=300.0, nic_bw_gbs=25.0))
+    return Cluster(name="two-type", nodes=tuple(nodes),
+                   chips={"FAST": fast_chip, "SLOW": slow_chip})
