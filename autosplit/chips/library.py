@@ -69,10 +69,13 @@ _OPTIONAL_KEYS: tuple[str, ...] = (
     "compute_efficiency", "memory_efficiency", "host_bw_gbs", "supports_rdma",
     "description", "provenance", "aliases",
 )
-#: Every key a chip mapping may hold.
-CHIP_KEYS: tuple[str, ...] = (
-    ("name",) + _REQUIRED_STRINGS + _REQUIRED_NUMBERS + _OPTIONAL_KEYS
+#: Fields every chip must give, in the documented order (errors report the first missing).
+_REQUIRED_KEYS: tuple[str, ...] = (
+    "vendor", "tflops_bf16", "tflops_fp16", "tflops_fp32", "memory_gb", "memory_bw_gbs",
+    "intra_node_link", "intra_node_bw_gbs", "collective_library",
 )
+#: Every key a chip mapping may hold.
+CHIP_KEYS: tuple[str, ...] = ("name", *_REQUIRED_KEYS, *_OPTIONAL_KEYS)
 #: Fields a ``provenance:`` entry may describe.
 _PROVENANCE_FIELDS: tuple[str, ...] = tuple(
     k for k in CHIP_KEYS if k not in ("name", "description", "provenance", "aliases")
@@ -85,10 +88,11 @@ _FIX_FORMAT = "see docs/chips.md for the chip file format"
 
 
 class _DuplicateKeyError(Exception):
-    def __init__(self, key: object, line: int) -> None:
+    def __init__(self, key: object, line: int, *, unhashable: bool = False) -> None:
         super().__init__(f"duplicate key {key!r}")
         self.key = key
         self.line = line
+        self.unhashable = unhashable
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -103,7 +107,8 @@ def _construct_strict_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> 
         try:
             duplicate = key in result
         except TypeError:  # an unhashable key such as a list
-            raise _DuplicateKeyError(key, key_node.start_mark.line + 1) from None
+            raise _DuplicateKeyError(key, key_node.start_mark.line + 1,
+                                     unhashable=True) from None
         if duplicate:
             raise _DuplicateKeyError(key, key_node.start_mark.line + 1)
         result[key] = loader.construct_object(value_node, deep=True)
@@ -133,8 +138,10 @@ def read_yaml_mapping(path: Path, *, what: str) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKeyError as exc:
-        raise BadInputError(f"line {exc.line}: key {exc.key!r} is given twice (or is not a "
-                            "plain name)", file=file,
+        if exc.unhashable:
+            raise BadInputError(f"line {exc.line}: {exc.key!r} cannot be a key", file=file,
+                                fix="keys are plain names, e.g. `devices:`") from None
+        raise BadInputError(f"line {exc.line}: key {exc.key!r} is given twice", file=file,
                             fix="keep one entry per key") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -272,7 +279,7 @@ def parse_chip(data: Mapping[str, Any], *, file: str, field_prefix: str = "",
             raise BadInputError(f"name {inner!r} differs from the key {chip_name!r}",
                                 file=file, field=_field(prefix, "name"),
                                 fix="drop the inner `name:` or make it match the key")
-    for key in _REQUIRED_STRINGS + _REQUIRED_NUMBERS:
+    for key in _REQUIRED_KEYS:
         if key not in data or data[key] is None:
             raise BadInputError("missing required field", file=file,
                                 field=_field(prefix, key),

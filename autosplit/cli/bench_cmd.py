@@ -1,11 +1,114 @@
-"""`autosplit bench` (not written yet)."""
+"""``autosplit bench [SUITE]``: the plan-quality and search-time regression suite.
+
+Exit codes: 0 when every case ran (and, with ``--check``, none regressed); 2 for a broken
+suite or baseline file; 5 (``autosplit.bench.check.EXIT_REGRESSION``) when ``--check`` finds a
+case whose plan is more than 1 % worse or whose search became more than 2× slower relative
+to the suite's reference case. See docs/bench.md.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from autosplit.errors import BadInputError
 
 __all__ = ["register"]
+
+_DEFAULT_SUITE = Path("experiments/bench/quick.yaml")
+
+
+def bench(
+    suite: Path = typer.Argument(_DEFAULT_SUITE, help="Suite YAML (see docs/bench.md)."),
+    check: Path | None = typer.Option(None, "--check",
+                                      help="Baseline CSV to compare with; exit 5 on a "
+                                           "regression."),
+    update: bool = typer.Option(False, "--update",
+                                help="Rewrite the --check baseline with this run's results."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the table as CSV."),
+    markdown: Path | None = typer.Option(None, "--markdown",
+                                         help="Write the table as Markdown."),
+    case: list[str] = typer.Option([], "--case", "-k",
+                                   help="Run only this case (repeatable; the reference case "
+                                        "always runs)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
+) -> None:
+    """Run a benchmark suite; optionally check it against a committed baseline."""
+    from autosplit.bench.check import EXIT_REGRESSION, compare, read_baseline
+    from autosplit.bench.runner import results_frame, run_suite
+    from autosplit.bench.suite import load_suite
+    from autosplit.bench.table import to_csv, to_markdown
+    from autosplit.plan.io import atomic_write_text
+
+    if update and check is None:
+        raise BadInputError("--update rewrites the baseline named by --check", field="--update",
+                            fix="pass --check experiments/bench/baseline.csv --update")
+    spec = load_suite(suite)
+    names = {c.name for c in spec.cases}
+    for k in case:
+        if k not in names:
+            raise BadInputError(f"no case named {k!r} in {suite}", field="--case",
+                                fix="use one of: " + ", ".join(sorted(names)))
+    baseline = read_baseline(check) if check is not None and not update else None
+    err = Console(stderr=True, quiet=quiet)
+    t0 = time.perf_counter()
+    with err.status("benchmarking…") as status:
+        results = run_suite(spec, only=tuple(case),
+                            progress=lambda name: status.update(f"benchmarking {name}…"))
+    df = results_frame(results)
+    if output:
+        atomic_write_text(output, to_csv(df))
+    if markdown:
+        atomic_write_text(markdown, to_markdown(df))
+    out = Console(width=max(Console().width, 150))
+    out.print(_table(df))
+    out.print(f"[dim]{len(df)} cases in {time.perf_counter() - t0:.1f} s; reference case "
+              f"{spec.reference}[/]")
+    if update and check is not None:
+        atomic_write_text(check, to_csv(df))
+        out.print(f"baseline written to [bold]{check}[/]")
+        return
+    if baseline is None:
+        return
+    findings = compare(df, baseline)
+    for f in findings:
+        style = "bold red" if f.failed else "yellow"
+        out.print(f"[{style}]{'FAIL' if f.failed else 'note'}[/] {f.case} ({f.what}): "
+                  f"{f.message}", highlight=False)
+    failed = [f for f in findings if f.failed]
+    if failed:
+        out.print(f"[bold red]bench check failed:[/] {len(failed)} regression(s) against "
+                  f"{check}")
+        raise typer.Exit(EXIT_REGRESSION)
+    out.print(f"[green]bench check passed[/] against {check}")
+
+
+#: The columns shown in the terminal (the Markdown and CSV files have them all).
+_TERMINAL = ("name", "devices", "units", "iteration_s", "mfu", "search_s", "time_ratio",
+             "peak_mem_mib",
+             "optimality_gap", "vs_uniform", "vs_tflops", "vs_single_type", "vs_brute_force")
+
+
+def _table(df) -> Table:
+    from autosplit.bench.table import MARKDOWN_COLUMNS, format_cell
+
+    table = Table(title="autosplit bench", show_lines=False)
+    cols = [c for c in MARKDOWN_COLUMNS if c[0] in _TERMINAL and c[0] in df.columns]
+    for key, header, _ in cols:
+        table.add_column(header, justify="left" if key == "name" else "right",
+                         no_wrap=key == "name")
+    for _, row in df.iterrows():
+        cells = [format_cell(row[c], f) for c, _, f in cols]
+        if isinstance(row.get("error"), str) and row["error"]:
+            cells[0] += " (no plan)"
+        table.add_row(*cells)
+    return table
 
 
 def register(app: typer.Typer) -> None:
     """Add this command to the app."""
+    app.command("bench")(bench)

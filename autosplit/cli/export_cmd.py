@@ -9,9 +9,7 @@ terms. Messages go to stderr, the export to ``-o`` or stdout, so the output can 
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import tempfile
 from pathlib import Path
 
 import typer
@@ -28,11 +26,13 @@ from autosplit.export.kubernetes import (
 )
 from autosplit.export.megatron import megatron_args, render_megatron
 from autosplit.export.naming import IDENTITY, NameMap, load_name_map
+from autosplit.export.shape import check_structure
 from autosplit.export.torchtitan import (
     render_torchtitan_json,
     render_torchtitan_toml,
     torchtitan_config,
 )
+from autosplit.plan.io import atomic_write_text, load_plan
 from autosplit.plan.schema import Plan
 
 __all__ = ["register", "export_text"]
@@ -70,8 +70,8 @@ def export(
     namespace: str = typer.Option("", "--namespace", help="Kubernetes: namespace."),
     job_name: str = typer.Option("", "--job-name", help="Kubernetes: name prefix of objects."),
     command: str = typer.Option("", "--command",
-                                help="Kubernetes: container command (shell words); default "
-                                     "`autosplit run $(AUTOSPLIT_PLAN)`."),
+                                help="Kubernetes: container command (shell words); default: "
+                                     "torchrun ... -m autosplit run $(AUTOSPLIT_PLAN)."),
     resource: list[str] = typer.Option([], "--resource",
                                        help="Kubernetes: CHIP=RESOURCE overriding the vendor "
                                             "table, e.g. 910B=huawei.com/Ascend910B3."),
@@ -90,7 +90,6 @@ def export(
 ) -> None:
     """Export a plan to a training runtime's configuration."""
     from autosplit.export.expressible import expressibility_problems
-    from autosplit.plan.io import load_plan
 
     target = to.strip().lower()
     if target not in TARGETS:
@@ -99,7 +98,11 @@ def export(
     names = load_name_map(name_map) if name_map else IDENTITY
     overrides = _pairs(resource, "--resource")
     args = _pairs(model_arg, "--model-arg")
+    if plan_file.is_dir():
+        raise BadInputError("is a folder, not a plan file", file=str(plan_file),
+                            fix="pass the JSON written by `autosplit search -o FILE`")
     plan = load_plan(plan_file)
+    check_structure(plan, source=str(plan_file))
     notes: list[str] = []
     problems = expressibility_problems(plan, target)
     if problems:
@@ -108,21 +111,21 @@ def export(
                                 + "; ".join(problems), file=str(plan_file),
                                 fix="drop --no-project to export the nearest plan "
                                     f"{target} can run")
-        plan, notes = _project(plan, target, problems, model=model, cluster=cluster,
-                               model_args=args or None)
+        plan, notes = _project(plan, target, problems, plan_file=str(plan_file), model=model,
+                               cluster=cluster, model_args=args or None)
     k8s = None
     if target == "kubernetes":
         k8s = KubernetesOptions(
             image=image, namespace=namespace, job_name=job_name,
             command=tuple(shlex.split(command)) or DEFAULT_COMMAND,
-            vendors=_chip_vendors(plan), resources=overrides or None,
+            vendors=_chip_vendors(plan, plan_file=str(plan_file)), resources=overrides or None,
             request_memory=request_memory, pin_nodes=not no_pin_nodes)
     text = export_text(plan, target, name_map=names, as_json=as_json, notes=tuple(notes),
                        k8s=k8s, pre_layers=pre_layers, post_layers=post_layers)
     if output is None:
         typer.echo(text, nl=False)
     else:
-        _write_atomic(output, text)
+        atomic_write_text(output, text)
         _err.print(f"wrote {target} export to {output}")
 
 
@@ -153,8 +156,9 @@ def export_text(plan: Plan, target: str, *, name_map: NameMap = IDENTITY,
                         fix=f"use one of: {', '.join(TARGETS)}")
 
 
-def _project(plan: Plan, target: str, problems: list[str], *, model: str | None,
-             cluster: str | None, model_args: dict[str, str] | None) -> tuple[Plan, list[str]]:
+def _project(plan: Plan, target: str, problems: list[str], *, plan_file: str,
+             model: str | None, cluster: str | None,
+             model_args: dict[str, str] | None) -> tuple[Plan, list[str]]:
     from autosplit.export.expressible import project_plan, projection_summary
     from autosplit.plan.context import load_plan_context
     from autosplit.plan.evaluate import evaluate_plan
@@ -162,7 +166,8 @@ def _project(plan: Plan, target: str, problems: list[str], *, model: str | None,
     _err.print(f"[bold yellow]{target} cannot express this plan:[/]")
     for p in problems:
         _err.print(f"  - {p}")
-    ctx = load_plan_context(plan, model_path=model, cluster_path=cluster, model_args=model_args)
+    ctx = load_plan_context(plan, model_path=model, cluster_path=cluster, model_args=model_args,
+                            plan_file=plan_file)
     original = plan if plan.prediction is not None else evaluate_plan(
         plan, model=ctx.model, cluster=ctx.cluster, costs=ctx.costs)
     projected = project_plan(original, target, model=ctx.model, cluster=ctx.cluster,
@@ -175,14 +180,19 @@ def _project(plan: Plan, target: str, problems: list[str], *, model: str | None,
     return projected, [f"projected for {target}: {line}" for line in summary]
 
 
-def _chip_vendors(plan: Plan) -> dict[str, str]:
+def _chip_vendors(plan: Plan, *, plan_file: str = "") -> dict[str, str]:
     """Chip → vendor from the plan's cluster file or the chip library; empty if neither loads
     (the exporter then guesses from the chip name)."""
+    src = plan.cluster.source_file
+    candidates = [Path(src)] if src else []
+    if src and plan_file and not Path(src).is_absolute():
+        candidates.append(Path(plan_file).resolve().parent / src)
+    found = next((c for c in candidates if c.is_file()), None)
     try:
-        if plan.cluster.source_file and Path(plan.cluster.source_file).is_file():
+        if found is not None:
             from autosplit.cluster.load import load_cluster
 
-            chips = load_cluster(plan.cluster.source_file).chips
+            chips = load_cluster(found).chips
         else:
             from autosplit.chips.library import load_chip_library
 
@@ -201,19 +211,3 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
                                 fix=f"write it as {option} name=value")
         out[key.strip()] = value.strip()
     return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise BadInputError(f"directory '{directory}' does not exist", field="--output",
-                            fix="create it or choose another output path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,11 +1,162 @@
-"""`autosplit run` (not written yet)."""
+"""``autosplit run`` executes a plan for real; ``autosplit validate`` compares the prediction
+with what the run measured."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from autosplit.cli._common import parse_model_args
+from autosplit.errors import BadInputError
 
 __all__ = ["register"]
 
 
+def _parse_cuda_devices(text: str) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise BadInputError(f"{text!r} is not a comma-separated list of GPU indices",
+                            field="--cuda-devices", fix="e.g. --cuda-devices 0,1 or 0,0") from None
+    if any(v < 0 for v in values):
+        raise BadInputError("GPU indices cannot be negative", field="--cuda-devices",
+                            fix="e.g. --cuda-devices 0,1")
+    return values
+
+
+def _parse_rank_env(items: list[str]) -> dict[int, dict[str, str]]:
+    out: dict[int, dict[str, str]] = {}
+    for item in items:
+        rank_text, sep, assignment = item.partition(":")
+        name, eq, value = assignment.partition("=")
+        if not sep or not eq or not name or not rank_text.strip().isdigit():
+            raise BadInputError(f"--rank-env {item!r} is not RANK:NAME=VALUE",
+                                field="--rank-env",
+                                fix="e.g. --rank-env 0:CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=75")
+        out.setdefault(int(rank_text), {})[name.strip()] = value
+    return out
+
+
+def _gb(x: float | None) -> str:
+    return "-" if x is None else f"{x / 1e9:.2f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1f}%"
+
+
+def run(
+    plan_file: Path = typer.Argument(..., help="Plan JSON (from `autosplit search`)."),
+    model: Path | None = typer.Argument(None, help="Model file (default: the plan's)."),
+    steps: int = typer.Option(10, "--steps", help="Optimizer steps to run."),
+    warmup: int = typer.Option(3, "--warmup", help="Steps left out of the median."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    backend: str | None = typer.Option(
+        None, "--backend", help="gloo or nccl (default: nccl on cuda, gloo on cpu). gloo with "
+        "--device cuda sends stage boundaries through host memory (the CPU relay)."),
+    model_arg: list[str] = typer.Option([], "--model-arg", "-a",
+                                        help="Override the plan's model args (KEY=VALUE)."),
+    cuda_devices: str = typer.Option(
+        "", "--cuda-devices", help="GPU index per rank, e.g. 0,1; repeat an index to share a "
+        "GPU (CUDA MPS)."),
+    rank_env: list[str] = typer.Option(
+        [], "--rank-env", help="RANK:NAME=VALUE environment for one rank, set before CUDA "
+        "starts (e.g. 0:CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=75)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and synthetic data."),
+    output: Path = typer.Option(Path("measured.json"), "--output", "-o",
+                                help="Where to write the measurements."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Give up after this many s."),
+    as_json: bool = typer.Option(False, "--json", help="Print the measured JSON."),
+    dump_params: str = typer.Option("", "--dump-params", hidden=True,
+                                     help="Save each stage's parameters here after the run."),
+) -> None:
+    """Train PLAN for a few steps on synthetic data and measure it."""
+    from autosplit.plan.io import load_plan
+    from autosplit.runtime.launch import RunRequest, launch, prepare_run, under_torchrun
+
+    model_path = str(model) if model else load_plan(plan_file).model.source_file
+    request = RunRequest(
+        plan_path=str(plan_file), model_path=model_path,
+        model_args=parse_model_args(model_arg), steps=steps, warmup=warmup, device=device,
+        backend=backend, cuda_devices=_parse_cuda_devices(cuda_devices),
+        rank_env=_parse_rank_env(rank_env), seed=seed, output=str(output),
+        dump_params_dir=dump_params)
+    config, world = prepare_run(request)
+    console = Console()
+    if not under_torchrun() and not as_json:
+        relay = " (CPU relay)" if config.cpu_relay else ""
+        console.print(f"running {world} rank(s) on {config.device}, {config.backend}{relay}, "
+                      f"{steps} steps ({warmup} warm-up)")
+    measured = launch(config, world, timeout_s=timeout)
+    if measured is None:
+        return
+    if as_json:
+        typer.echo(json.dumps(measured.to_dict(), indent=2, sort_keys=True))
+        return
+    table = Table(title="measured run")
+    for col in ("rank", "stage", "device", "params", "peak memory GB"):
+        table.add_column(col)
+    for r in measured.ranks:
+        table.add_row(str(r.rank), str(r.stage), r.device_name, f"{r.params:,}",
+                      _gb(r.peak_memory_bytes))
+    console.print(table)
+    loss = (f", loss {measured.loss[0]:.4f} -> {measured.loss[-1]:.4f}" if measured.loss
+            else "")
+    console.print(f"median step {measured.median_step_s * 1e3:.1f} ms, "
+                  f"{measured.tokens_per_s:,.0f} tokens/s{loss}")
+    console.print(f"written to {output}")
+
+
+def validate(
+    plan_file: Path = typer.Argument(..., help="Plan JSON with a prediction."),
+    measured_file: Path = typer.Argument(..., help="measured.json from `autosplit run`."),
+    output: Path | None = typer.Option(None, "--output", "-o",
+                                       help="Write the comparison JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison JSON."),
+) -> None:
+    """Compare PLAN's predicted iteration time and memory with a measured run."""
+    from autosplit.plan.io import atomic_write_text, load_plan
+    from autosplit.runtime.measure import load_measured
+    from autosplit.runtime.validate import compare
+
+    plan = load_plan(plan_file)
+    measured = load_measured(str(measured_file))
+    result = compare(plan, measured, plan_path=str(plan_file),
+                     measured_path=str(measured_file))
+    text = json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n"
+    if output:
+        atomic_write_text(output, text)
+    if as_json:
+        typer.echo(text, nl=False)
+        return
+    console = Console()
+    table = Table(title=f"predicted vs measured ({result.device}, {result.backend}"
+                        f"{', CPU relay' if result.cpu_relay else ''})")
+    for col in ("stage", "chip", "ranks", "device", "pred. memory GB", "meas. memory GB",
+                "memory error"):
+        table.add_column(col)
+    for s in result.stages:
+        table.add_row(str(s.stage), s.chip, ",".join(map(str, s.ranks)),
+                      ",".join(sorted(set(s.devices))), _gb(s.predicted_memory_bytes),
+                      _gb(s.measured_memory_bytes), _pct(s.memory_error_pct))
+    console.print(table)
+    console.print(
+        f"iteration: predicted {result.predicted_iteration_s * 1e3:.1f} ms, measured "
+        f"{result.measured_iteration_s * 1e3:.1f} ms (median of {result.measured_steps}), "
+        f"error {_pct(result.iteration_error_pct)}")
+    console.print(f"tokens/s: predicted {result.predicted_tokens_per_s:,.0f}, measured "
+                  f"{result.measured_tokens_per_s:,.0f}")
+    if output:
+        console.print(f"written to {output}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add this command to the app."""
+    """Add ``run`` and ``validate`` to the app."""
+    app.command("run")(run)
+    app.command("validate")(validate)

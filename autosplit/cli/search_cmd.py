@@ -44,6 +44,8 @@ def search(
     no_recompute: bool = typer.Option(False, "--no-recompute", help="Never recompute."),
     target: str = typer.Option("", "--target",
                                help="Only plans megatron | torchtitan | deepspeed can run."),
+    solver: str = typer.Option("dp", "--solver",
+                               help="Layer-split solver: dp (exact, fast) | cpsat (OR-Tools)."),
     chips_dir: list[Path] = typer.Option([], "--chips-dir", help="Extra chip directories."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan JSON to stdout."),
     report: Path | None = typer.Option(None, "--report", help="Also write an HTML report."),
@@ -76,7 +78,8 @@ def search(
                                                         option="--micro-batch-sizes"),
                        tp_degrees=parse_int_list(tp_degrees, option="--tp"),
                        max_stages=max_stages, allow_idle=not no_idle,
-                       allow_recompute=not no_recompute, target=target)
+                       allow_recompute=not no_recompute, target=target,
+                       solver=_check_choice(solver, ("dp", "cpsat"), "--solver"))
     cl = load_cluster(cluster, chip_dirs=tuple(chips_dir))
     with console.status("ingesting model on the meta device…"):
         prof = ingest_model(str(model), model_args=parse_model_args(model_arg),

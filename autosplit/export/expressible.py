@@ -28,6 +28,7 @@ from autosplit.protocols.cost import LayerCostProvider
 
 __all__ = [
     "UNIFORM_TARGETS",
+    "TARGET_SCHEDULES",
     "expressibility_problems",
     "project_plan",
     "projection_summary",
@@ -37,8 +38,8 @@ __all__ = [
 #: Targets that take one TP and one DP size for all stages.
 UNIFORM_TARGETS: tuple[str, ...] = ("megatron", "torchtitan", "deepspeed")
 
-#: Schedules each uniform target can run (plan spelling).
-_SCHEDULES: dict[str, tuple[str, ...]] = {
+#: Pipeline schedules each uniform target can run (plan spelling, ``config.SCHEDULES``).
+TARGET_SCHEDULES: dict[str, tuple[str, ...]] = {
     "megatron": ("1f1b",),
     "deepspeed": ("1f1b",),
     "torchtitan": ("1f1b", "gpipe"),
@@ -74,9 +75,9 @@ def expressibility_problems(plan: Plan, target: str) -> list[str]:
             f"per-stage recompute differs ({_stages(on)} recompute{'s' if len(on) == 1 else ''}"
             f", {_stages(off)} do{'es' if len(off) == 1 else ''} not) but {t} applies one "
             "recompute setting to all stages")
-    if plan.schedule not in _SCHEDULES[t]:
+    if plan.schedule not in TARGET_SCHEDULES[t]:
         problems.append(f"schedule '{plan.schedule}' is not available in {t} (it runs "
-                        f"{' or '.join(x.upper() for x in _SCHEDULES[t])})")
+                        f"{' or '.join(x.upper() for x in TARGET_SCHEDULES[t])})")
     return problems
 
 
@@ -89,10 +90,13 @@ def project_plan(plan: Plan, target: str, *, model: ModelProfile, cluster: Clust
     smallest group count over the stages (lowered until it divides the global batch), the
     micro-batch count moves to the nearest one that splits equally, and recompute is off
     unless some stage then does not fit. The candidate that fits and is fastest wins (ties:
-    the more common TP). Devices the projection cannot use are listed in ``idle_devices``.
+    the more common TP); when none fits, the one closest to fitting. Devices the projection
+    cannot use are listed in ``idle_devices``.
     Already-expressible plans come back unchanged (re-costed if they had no prediction).
     """
-    from autosplit.plan import evaluate as _evaluate  # imported late: the search imports us
+    # Looked up at call time: ``expressibility_problems`` stays importable without the cost
+    # model, so the search can use it cheaply.
+    from autosplit.plan import evaluate as _evaluate
 
     t = _target(target)
 
@@ -102,9 +106,9 @@ def project_plan(plan: Plan, target: str, *, model: ModelProfile, cluster: Clust
     if not expressibility_problems(plan, t):
         return plan if plan.prediction is not None else cost(plan)
 
-    schedule = plan.schedule if plan.schedule in _SCHEDULES[t] else _SCHEDULES[t][0]
+    schedule = plan.schedule if plan.schedule in TARGET_SCHEDULES[t] else TARGET_SCHEDULES[t][0]
     tp_order = _by_frequency([s.tp for s in plan.stages])
-    best: tuple[tuple[int, float, int], Plan] | None = None
+    best: tuple[tuple[int, float, float, int], Plan] | None = None
     reasons: list[str] = []
     for rank, tp in enumerate(tp_order):
         shaped = _reshape(plan, tp=tp, schedule=schedule)
@@ -113,10 +117,12 @@ def project_plan(plan: Plan, target: str, *, model: ModelProfile, cluster: Clust
             continue
         for recompute in (False, True):
             candidate = cost(_with_recompute(shaped, recompute))
-            fits = not memory_problems(candidate)
+            over = _overflow(candidate)
+            fits = over <= 0
             pred = candidate.prediction
             iteration = pred.iteration_s if pred is not None else float("inf")
-            key = (0 if fits else 1, iteration, rank)
+            # fitting plans by speed; if none fits, the one closest to fitting
+            key = (0, 0.0, iteration, rank) if fits else (1, over, iteration, rank)
             if best is None or key < best[0]:
                 best = (key, candidate)
             if fits:
@@ -142,8 +148,10 @@ def projection_summary(original: Plan, projected: Plan, target: str) -> list[str
     if a is not None and b is not None and a.iteration_s > 0:
         change = (b.iteration_s - a.iteration_s) / a.iteration_s
         word = "slower" if change >= 0 else "faster"
+        pct = abs(change) * 100
+        pct_text = f"{pct:.1f}" if pct < 1 else f"{pct:.0f}"
         lines[0] += (f": iteration {_secs(b.iteration_s)} vs {_secs(a.iteration_s)} planned "
-                     f"({abs(change) * 100:.0f}% {word})")
+                     f"({pct_text}% {word})")
     freed = len(projected.idle_devices) - len(original.idle_devices)
     if freed > 0:
         lines.append(f"{freed} device(s) left idle by the projection: "
@@ -256,6 +264,13 @@ def _nearest_micro_batch_count(per_replica: int, wanted: int) -> int:
 
 def _with_recompute(plan: Plan, on: bool) -> Plan:
     return replace(plan, stages=tuple(replace(s, recompute=on) for s in plan.stages))
+
+
+def _overflow(plan: Plan) -> float:
+    """Bytes by which the most over-full stage exceeds its capacity (<= 0: all fit)."""
+    if plan.prediction is None:
+        return 0.0
+    return max(sp.memory.total - sp.memory.capacity for sp in plan.prediction.stages)
 
 
 def _devices(plan: Plan) -> set[str]:

@@ -66,8 +66,15 @@ _ASCEND_VARIANTS = ("910A", "910B2", "910B3", "910B4", "310P")
 CHIP_LABEL = "autosplit.io/chip"
 #: Where the plan is mounted in every pod.
 PLAN_MOUNT = "/etc/autosplit"
-#: Container command unless ``--command`` overrides it; ``$(VAR)`` is expanded by Kubernetes.
-DEFAULT_COMMAND: tuple[str, ...] = ("autosplit", "run", "$(AUTOSPLIT_PLAN)")
+#: Container command unless ``--command`` overrides it: one ``torchrun`` agent per pod, one
+#: process per device, pods ordered by ``AUTOSPLIT_POD_INDEX`` so that torchrun's global ranks
+#: start at ``AUTOSPLIT_RANK_OFFSET``; each process joins ``autosplit run`` as its rank.
+#: Kubernetes expands ``$(VAR)`` from the container's environment.
+DEFAULT_COMMAND: tuple[str, ...] = (
+    "torchrun", "--nnodes=$(AUTOSPLIT_NUM_PODS)", "--node-rank=$(AUTOSPLIT_POD_INDEX)",
+    "--nproc-per-node=$(AUTOSPLIT_TP)", "--master-addr=$(MASTER_ADDR)",
+    "--master-port=$(MASTER_PORT)", "-m", "autosplit", "run", "$(AUTOSPLIT_PLAN)",
+    "--device", "cuda")
 
 _VENDOR_PATTERNS: tuple[tuple[str, str], ...] = (
     ("huawei", r"ascend|^(atlas)?[-_ ]?(910|310)"),
@@ -143,7 +150,7 @@ def kubernetes_manifests(plan: Plan, *, options: KubernetesOptions) -> list[dict
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": f"{job}-plan", **meta_ns, "labels": dict(base_labels)},
-            "data": {"plan.json": json.dumps(plan.to_dict(), indent=1, sort_keys=True)},
+            "data": {"plan.json": json.dumps(plan.to_dict(), indent=1) + "\n"},
         },
         {
             "apiVersion": "v1",
@@ -221,8 +228,21 @@ def render_kubernetes(docs: Sequence[Mapping[str, object]], *, plan: Plan,
               "Kubernetes manifests (HAMi resource names).",
               f"# Label each node with {CHIP_LABEL}=<chip>; then: kubectl apply -f <this file>"]
     header += [f"# note: {n}" for n in notes]
-    body = yaml.safe_dump_all([dict(d) for d in docs], sort_keys=False, default_flow_style=False)
+    body = yaml.dump_all([dict(d) for d in docs], Dumper=_BlockDumper, sort_keys=False,
+                         default_flow_style=False, width=100)
     return "\n".join(header) + "\n" + body
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Writes multi-line strings (the plan JSON) as readable ``|`` blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _represent_str)
 
 
 def _vendor_key(vendor: str) -> str | None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from autosplit.errors import BadInputError
 from autosplit.plan.schema import Plan
 
-__all__ = ["UniformShape", "uniform_shape", "unit_count", "blocks_per_stage"]
+__all__ = ["UniformShape", "uniform_shape", "unit_count", "blocks_per_stage",
+           "check_structure"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,33 @@ def blocks_per_stage(plan: Plan) -> tuple[int, ...]:
         hi = min(s.layer_end, last)
         out.append(max(0, hi - lo))
     return tuple(out)
+
+
+def check_structure(plan: Plan, *, source: str = "") -> None:
+    """Reject plans no exporter can read: no stages, stages without devices, a TP group whose
+    size is not the stage's TP, non-contiguous units. (``evaluate_plan`` checks the rest
+    against the model and cluster.)"""
+    file = source or None
+    fix = "re-run `autosplit search`, or fix the hand edit (see docs/plan-schema.md)"
+    if not plan.stages:
+        raise BadInputError("the plan has no stages", file=file, field="stages", fix=fix)
+    expected = 0
+    for k, s in enumerate(plan.stages):
+        where = f"stages[{k}]"
+        if s.layer_start != expected or s.layer_end <= s.layer_start:
+            raise BadInputError(f"stage {k} owns units {s.layer_start}..{s.layer_end - 1}; "
+                                f"it should start at unit {expected} and own at least one",
+                                file=file, field=f"{where}.layer_start", fix=fix)
+        expected = s.layer_end
+        if s.tp < 1 or not s.replicas:
+            raise BadInputError(f"stage {k} has no devices (TP={s.tp}, {s.dp} replicas)",
+                                file=file, field=f"{where}.replicas", fix=fix)
+        for j, r in enumerate(s.replicas):
+            if len(r.local_indices) != s.tp:
+                raise BadInputError(f"replica {j} of stage {k} has {len(r.local_indices)} "
+                                    f"devices but the stage's TP is {s.tp}", file=file,
+                                    field=f"{where}.replicas[{j}].local_indices", fix=fix)
+            if r.batch_share < 1:
+                raise BadInputError(f"replica {j} of stage {k} takes {r.batch_share} samples",
+                                    file=file, field=f"{where}.replicas[{j}].batch_share",
+                                    fix=fix)

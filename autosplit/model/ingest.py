@@ -34,7 +34,8 @@ from autosplit.model.loader import (
     find_partition,
     load_model_source,
 )
-from autosplit.model.measure import UnitMeasure, layer_kind, measure_units
+from autosplit.model.measure import UnitMeasure, measure_units
+from autosplit.model.replay import layer_kind
 from autosplit.model.types import LayerProfile, ModelProfile
 from autosplit.model.user_code import call_user
 

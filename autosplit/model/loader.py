@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from autosplit.errors import BadInputError
+from autosplit.model.replay import replay_identical_blocks
 from autosplit.model.user_code import call_user, describe_exception
 
 __all__ = ["ModelSource", "Partition", "load_model_source", "build_on_meta", "find_partition",
@@ -286,15 +287,20 @@ def _pick_block_list(model: nn.Module, blocks_attr: str | None, path: str | None
 
 
 def _candidates(model: nn.Module) -> list[str]:
-    """Block-list candidates, most parameters first (ties: shallower, then name)."""
+    """Block-list candidates, most parameters first (ties: shallower, then name).
+
+    The model itself is a candidate (``""``): a plain ``nn.Sequential`` of identical layers.
+    """
     found = [(name, _param_count(m)) for name, m in model.named_modules()
-             if name and _is_block_list(m)]
+             if _is_block_list(m)]
     found.sort(key=lambda item: (-item[1], item[0].count("."), item[0]))
     return [name for name, _ in found]
 
 
 def _siblings(model: nn.Module, block_list: str) -> list[str]:
     """Modules and direct parameters next to the block list along its attribute path."""
+    if not block_list:
+        return []  # the model itself is the block list
     parts = block_list.split(".")
     names: list[str] = []
     module = model
@@ -345,7 +351,7 @@ def _execution_events(model: nn.Module, siblings: list[str], blocks: list[str],
             continue  # a direct parameter: no hooks
         watch(name, module)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), replay_identical_blocks([model.get_submodule(b) for b in blocks]):
             call_user(model, *inputs, path=path or "<model>", what="the model's forward on meta "
                       "tensors", fix="the forward must run on any device: create new tensors "
                       "with device=x.device and avoid .item()/.tolist() on activations")
@@ -367,7 +373,8 @@ def find_partition(model: Any, blocks_attr: str | None = None, *,
     """
     block_list = _pick_block_list(model, blocks_attr, path)
     block_names = [name for name, _ in model.get_submodule(block_list).named_children()]
-    blocks = [f"{block_list}.{name}" for name in block_names]
+    prefix = f"{block_list}." if block_list else ""
+    blocks = [prefix + name for name in block_names]
     siblings = _siblings(model, block_list)
     direct_params = [n for n in siblings if not _is_submodule(model, n)]
     modules = [n for n in siblings if _is_submodule(model, n)]

@@ -11,22 +11,24 @@ no memory and no kernels. Three things are counted while a region of the forward
   buffer, count once), leaving out parameters and buffers (weights, not activations) and, for
   a block, inputs that do not require grad (masks, rotary tables: built once and shared by
   every block).
-- Attention calls, with a ``TorchFunctionMode`` watching ``scaled_dot_product_attention`` and
-  softmax: they decide the tensor-parallel collective count. On the meta device PyTorch runs
+- Attention ops (softmax or a fused attention kernel, watched at the ATen level whatever API
+  called them): they decide the tensor-parallel collective count. On the meta device PyTorch runs
   SDPA's unfused "math" path, which upcasts to fp32 and keeps the full a·s² score matrix;
   the GPUs we plan for run a fused kernel, so by default the call is routed to the fused
-  (FlashAttention-style) ATen op, whose saved tensors and FLOP formula match the fused kernel.
+  (FlashAttention-style) ATen op by a ``TorchFunctionMode``; its saved tensors and FLOP formula
+  match the fused kernel.
 
 Regions: the part of the forward before the first block (``pre``) and after the last block,
 including the loss (``post``), are metered inside one full forward pass by starting and
 stopping the meters from module hooks; the tensors crossing the boundaries are replaced by
 fresh leaves so that each backward stops at its unit. Each distinct block kind is measured
-once, standalone, with the inputs (and keyword inputs) captured from that pass.
+once, standalone, with the inputs (and keyword inputs) captured from that pass — those of the
+second block of the kind, whose input is another block's output like that of every block but
+the first.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,14 +37,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from autosplit.errors import BadInputError
 from autosplit.model.loader import Partition
+from autosplit.model.replay import layer_kind, replay_identical_blocks
 from autosplit.model.user_code import call_user
 
-__all__ = ["UnitMeasure", "measure_units", "layer_kind", "tensor_bytes"]
+__all__ = ["UnitMeasure", "measure_units", "tensor_bytes"]
 
 
 @dataclass(frozen=True)
@@ -75,14 +79,6 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return total
 
 
-def layer_kind(module: nn.Module) -> str:
-    """Key shared by identical modules: class, structure (repr) and parameter shapes/dtypes."""
-    cls = type(module)
-    parts = [f"{cls.__module__}.{cls.__qualname__}", repr(module)]
-    parts.extend(f"{n}:{tuple(p.shape)}:{p.dtype}" for n, p in module.named_parameters())
-    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
-
-
 # --------------------------------------------------------------------------------------------
 # Meters
 
@@ -101,7 +97,15 @@ def _storage_bytes(t: torch.Tensor) -> int:
         return t.numel() * t.element_size()
 
 
-_SOFTMAX = {torch.softmax, F.softmax, torch.Tensor.softmax, torch.nn.functional.log_softmax}
+#: ATen ops that mean "this region computes attention", whatever the Python-level API was
+#: (``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``, a hand-written softmax).
+_ATTENTION_OPS = {
+    torch.ops.aten._softmax.default,
+    torch.ops.aten._safe_softmax.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+}
 
 
 def _fused_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -124,26 +128,31 @@ def _fused_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         query, key, value, None, True, dropout_p, is_causal, scale=scale)[0]
 
 
-class _AttentionMode(TorchFunctionMode):
-    """Counts attention calls and, optionally, routes SDPA to the fused kernel."""
-
-    def __init__(self, *, fused: bool) -> None:
-        super().__init__()
-        self.fused = fused
-        self.calls = 0
+class _FusedAttentionMode(TorchFunctionMode):
+    """Routes ``F.scaled_dot_product_attention`` to the fused kernel where it applies."""
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            self.calls += 1
-            if self.fused:
-                out = _fused_sdpa(*args, **kwargs)
-                if out is not None:
-                    return out
-        elif func in _SOFTMAX:
-            self.calls += 1
+            out = _fused_sdpa(*args, **kwargs)
+            if out is not None:
+                return out
         return func(*args, **kwargs)
+
+
+class _AttentionWatch(TorchDispatchMode):
+    """Counts attention ops (softmax or a fused attention kernel) at the ATen level."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        if func in _ATTENTION_OPS:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
 
 
 class _ForwardMeter:
@@ -155,7 +164,8 @@ class _ForwardMeter:
         self._saved: dict[int, int] = {}
         self._flops = FlopCounterMode(display=False)
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
-        self._attention = _AttentionMode(fused=fused_attention)
+        self._fused = _FusedAttentionMode() if fused_attention else None
+        self._watch = _AttentionWatch()
         self.active = False
 
     def exclude(self, tensors: Iterable[torch.Tensor]) -> None:
@@ -172,16 +182,20 @@ class _ForwardMeter:
 
     def start(self) -> None:
         self._flops.__enter__()
+        self._watch.__enter__()
         self._hooks.__enter__()
-        self._attention.__enter__()
+        if self._fused is not None:
+            self._fused.__enter__()
         self.active = True
 
     def stop(self) -> None:
         if not self.active:
             return
         self.active = False
-        self._attention.__exit__(None, None, None)
+        if self._fused is not None:
+            self._fused.__exit__(None, None, None)
         self._hooks.__exit__(None, None, None)
+        self._watch.__exit__(None, None, None)
         self._flops.__exit__(None, None, None)
 
     @property
@@ -198,7 +212,7 @@ class _ForwardMeter:
 
     @property
     def attention_calls(self) -> int:
-        return self._attention.calls
+        return self._watch.calls
 
 
 def _unpack(t: torch.Tensor) -> torch.Tensor:
@@ -234,11 +248,13 @@ def _fresh(tree: Any) -> Any:
     return tree_map(one, tree)
 
 
-def _backward_flops(outputs: list[torch.Tensor]) -> float:
+def _backward_flops(outputs: list[torch.Tensor], *, path: str, what: str) -> float:
     if not outputs:
         return 0.0
     with FlopCounterMode(display=False) as counter:
-        torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
+        call_user(torch.autograd.backward, outputs, [torch.ones_like(t) for t in outputs],
+                  path=path, what=f"the backward of {what} on meta tensors",
+                  fix="use operations that PyTorch can differentiate on the meta device")
     return float(counter.get_total_flops())
 
 
@@ -268,7 +284,8 @@ def _measure_block(block: nn.Module, args: tuple, kwargs: dict, *, excluded: set
     finally:
         meter.stop()
     outputs = _boundary(out)
-    return UnitMeasure(fwd_flops=meter.flops, bwd_flops=_backward_flops(outputs),
+    bwd_flops = _backward_flops(outputs, path=path, what=type(block).__name__)
+    return UnitMeasure(fwd_flops=meter.flops, bwd_flops=bwd_flops,
                        activation_bytes=meter.saved_bytes,
                        saved_input_bytes=meter.saved_input_bytes,
                        input_bytes=tensor_bytes(inputs), output_bytes=tensor_bytes(outputs),
@@ -291,7 +308,11 @@ def measure_units(model: nn.Module, partition: Partition, inputs: tuple[Any, ...
     first_of_kind: dict[str, str] = {}
     for name in partition.blocks:
         first_of_kind.setdefault(kinds[name], name)
+    # Inputs of the second block of each kind (the first if it is alone): the second one's
+    # input is another block's output, as for every block but the first, so it requires grad
+    # even when nothing runs before the blocks.
     captured: dict[str, tuple[tuple, dict]] = {}
+    seen: dict[str, int] = {}
     state = _PassState()
     pre_meter = _ForwardMeter(excluded=excluded, fused_attention=fused_attention)
     post_meter = _ForwardMeter(excluded=excluded, fused_attention=fused_attention)
@@ -304,15 +325,18 @@ def measure_units(model: nn.Module, partition: Partition, inputs: tuple[Any, ...
                 pre_meter.stop()
                 crossing = _boundary((args, kwargs))
                 state.pre = UnitMeasure(
-                    fwd_flops=pre_meter.flops, bwd_flops=_backward_flops(crossing),
+                    fwd_flops=pre_meter.flops,
+                    bwd_flops=_backward_flops(crossing, path=path, what="pre"),
                     activation_bytes=pre_meter.saved_bytes,
                     saved_input_bytes=pre_meter.saved_input_bytes,
                     input_bytes=tensor_bytes(_tensors(inputs)),
                     output_bytes=tensor_bytes(crossing), written_bytes=tensor_bytes(crossing),
                     attention_calls=pre_meter.attention_calls)
                 args, kwargs = _cut((args, kwargs))
-            if first_of_kind[kinds[name]] == name:
-                captured[kinds[name]] = (args, kwargs)
+            kind = kinds[name]
+            seen[kind] = seen.get(kind, 0) + 1
+            if seen[kind] <= 2:
+                captured[kind] = (args, kwargs)
             return args, kwargs
         return hook
 
@@ -333,9 +357,10 @@ def measure_units(model: nn.Module, partition: Partition, inputs: tuple[Any, ...
         handles.append(block.register_forward_hook(on_end))
     pre_meter.start()
     try:
-        outputs = call_user(model, *inputs, path=path, what="the model's forward on meta tensors",
-                            fix="the forward must run on any device: create tensors with "
-                            "device=x.device and avoid .item() on activations")
+        with replay_identical_blocks(blocks, [kinds[n] for n in partition.blocks]):
+            outputs = call_user(model, *inputs, path=path, what="the model's forward on meta "
+                                "tensors", fix="the forward must run on any device: create "
+                                "tensors with device=x.device and avoid .item() on activations")
         loss = call_user(loss_fn, outputs, targets, path=path, what="the loss",
                          fix="loss_fn(outputs, targets) must return a scalar tensor")
     finally:
@@ -350,7 +375,8 @@ def measure_units(model: nn.Module, partition: Partition, inputs: tuple[Any, ...
         raise BadInputError(f"the blocks of '{partition.block_list}' did not all run in the "
                             "forward", file=path, field="BLOCKS",
                             fix="every block of the block list must run once per forward")
-    post_bwd = _backward_flops([loss]) if loss.requires_grad else 0.0
+    post_bwd = (_backward_flops([loss], path=path, what="post") if loss.requires_grad
+                else 0.0)
     post = UnitMeasure(fwd_flops=post_meter.flops, bwd_flops=post_bwd,
                        activation_bytes=post_meter.saved_bytes,
                        saved_input_bytes=post_meter.saved_input_bytes,

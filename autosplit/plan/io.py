@@ -60,6 +60,9 @@ def load_plan(path: str | Path) -> Plan:
                             fix="pass the JSON written by `autosplit search -o FILE`")
     try:
         data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"cannot read the plan ({exc.__class__.__name__})", file=str(p),
+                            fix="pass the plan JSON file, not a folder or binary file") from None
     except json.JSONDecodeError as exc:
         raise BadInputError(f"not valid JSON ({exc.msg} at line {exc.lineno}, column "
                             f"{exc.colno})", file=str(p), fix="fix the JSON syntax") from None

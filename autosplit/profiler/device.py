@@ -20,7 +20,7 @@ import torch
 
 from autosplit.errors import BadInputError
 
-__all__ = ["DeviceHandle", "open_device", "device_description"]
+__all__ = ["DeviceHandle", "open_device", "device_description", "cpu_model_name"]
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,22 @@ def open_device(name: str) -> DeviceHandle:
     return DeviceHandle(device=device, backend=backend)
 
 
+def cpu_model_name() -> str:
+    """The processor's marketing name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def device_description(handle: DeviceHandle) -> str:
     """A human-readable name of the device (GPU model, or the CPU's processor)."""
     if handle.is_cpu:
-        return platform.processor() or platform.machine() or "cpu"
+        return cpu_model_name()
     module = getattr(torch, handle.device.type, None)
     get_name = getattr(module, "get_device_name", None)
     if get_name is not None:

@@ -144,10 +144,14 @@ class _SavedCounter:
 
 
 def measure_memory(handle: DeviceHandle, forward: Callable[[], torch.Tensor], *,
-                   params: Sequence[torch.Tensor],
-                   leaves: Sequence[torch.Tensor] = ()) -> MemoryFigures:
-    """What one forward keeps for its backward, and the backward's peak (see module doc)."""
-    exclude = {p.untyped_storage().data_ptr() for p in params}
+                   params: Sequence[torch.Tensor], leaves: Sequence[torch.Tensor] = (),
+                   constants: Sequence[torch.Tensor] = ()) -> MemoryFigures:
+    """What one forward keeps for its backward, and the backward's peak (see module doc).
+
+    ``constants`` (buffers, masks, rotary tables: inputs built once and shared by every unit)
+    are not counted as activations even when autograd saves them.
+    """
+    exclude = {t.untyped_storage().data_ptr() for t in (*params, *constants)}
     grads: dict[tuple[int, ...], torch.Tensor] = {}
     _clear_grads(params, leaves)
     handle.synchronize()

@@ -68,7 +68,6 @@ class LinearTimer:
         params = list(layer.parameters())
         times = time_piece(self.handle, lambda: layer(x), params=params, leaves=[x],
                            warmup=self.warmup, repeats=self.repeats, recompute=False)
-        del layer, x, params
         self._cache[shape] = times
         return times
 

@@ -10,6 +10,7 @@ image export.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from autosplit.plan.schema import Plan, StagePlan, StagePrediction
 from autosplit.report.fmt import fmt_bytes, fmt_pct, fmt_seconds
@@ -38,11 +39,11 @@ KIND_COLORS: dict[str, str] = {
     "p2p": "#b07aa1",
     "dp_sync": "#e15759",
     "optimizer": "#9c755f",
-    "idle": "#eceff3",
+    "idle": "#e3e6ea",
 }
 KIND_NAMES: dict[str, str] = {
     "F": "forward", "B": "backward", "recompute": "recompute (in backward)",
-    "p2p": "stage-boundary transfer (inside a bar: blocking)", "dp_sync": "DP gradient all-reduce",
+    "p2p": "transfer between stages (inside a bar: blocking)", "dp_sync": "DP gradient all-reduce",
     "optimizer": "optimizer step", "idle": "idle (bubble)",
 }
 
@@ -59,7 +60,8 @@ TIME_COLORS: dict[str, str] = {
     "backward": "#59a14f",
     "recompute": "#2d6a27",
     "TP comm": "#edc948",
-    "p2p": "#b07aa1",
+    "p2p (blocking)": "#b07aa1",
+    "p2p (overlapped)": "#dcc6d8",
 }
 
 
@@ -80,7 +82,7 @@ def _stage_head(svg: Svg, st: StagePlan | None, index: int, *, y: float, h: floa
     shape = f"TP{st.tp} × DP{st.dp}"
     svg.text(12, y + h / 2 + 8, shape, size=11, fill="#666")
     if st.recompute:
-        svg.text(14 + 6.4 * len(shape), y + h / 2 + 8, "· recompute", size=11,
+        svg.text(16 + 7.0 * len(shape), y + h / 2 + 8, "· recompute", size=11,
                  fill=KIND_COLORS["recompute"], weight="600")
 
 
@@ -131,64 +133,137 @@ def _node_devices(plan: Plan) -> dict[str, dict[int, tuple[int, int] | None]]:
     return nodes
 
 
+@dataclass(frozen=True)
+class _NodeBox:
+    """One box of the map: a node, or a run of nodes whose devices serve the same stages in
+    the same grouping (a large cluster would otherwise draw hundreds of identical boxes)."""
+
+    names: tuple[str, ...]
+    chip: str
+    devs: dict[int, tuple[int, int] | None]
+
+    @property
+    def label(self) -> str:
+        if len(self.names) == 1:
+            return self.names[0]
+        return f"{self.names[0]} … {self.names[-1]} (×{len(self.names)})"
+
+    @property
+    def stages(self) -> str:
+        """``S0`` / ``S0, S2``: the stages this box's devices serve."""
+        used = sorted({o[0] for o in self.devs.values() if o is not None})
+        return ", ".join(f"S{s}" for s in used) if used else "idle"
+
+
+def _node_boxes(plan: Plan, chips: dict[str, str]) -> list[_NodeBox]:
+    boxes: list[_NodeBox] = []
+    last_key: tuple[object, ...] | None = None
+    for name, devs in _node_devices(plan).items():
+        group_start: dict[tuple[int, int], int] = {}
+        for i, owner in sorted(devs.items()):
+            if owner is not None:
+                group_start.setdefault(owner, i)
+        key = (chips.get(name, "?"),
+               tuple((i, None if o is None else (o[0], group_start[o]))
+                     for i, o in sorted(devs.items())))
+        if boxes and key == last_key:
+            prev = boxes[-1]
+            boxes[-1] = _NodeBox(prev.names + (name,), prev.chip, prev.devs)
+        else:
+            boxes.append(_NodeBox((name,), chips.get(name, "?"), devs))
+        last_key = key
+    return boxes
+
+
 def cluster_map_svg(plan: Plan, *, node_chips: dict[str, str] | None = None) -> Svg:
     """Nodes as boxes of devices coloured by the stage they serve, above a strip of the
-    model's partition units coloured the same way."""
+    model's partition units coloured the same way. Runs of identically used nodes share a
+    box; with many boxes the devices are drawn small, without labels (tooltips remain)."""
     chips = dict(node_chips or {})
     for st in plan.stages:
         for rep in st.replicas:
             chips.setdefault(rep.node, st.chip)
-    nodes = _node_devices(plan)
-    cell, gap, pad = 46, 6, 10
+    node_boxes = _node_boxes(plan, chips)
+    compact = len(node_boxes) > 12
+    cell, gap, pad = (20, 4, 8) if compact else (46, 6, 10)
+    head_h = 24 if compact else 30
     per_row = 8
-    boxes: list[tuple[str, dict[int, tuple[int, int] | None], float, float]] = []
-    for name, devs in nodes.items():
-        n = (max(devs) + 1) if devs else 0
+    boxes: list[tuple[_NodeBox, float, float]] = []
+    for nb in node_boxes:
+        n = (max(nb.devs) + 1) if nb.devs else 0
         cols = min(per_row, max(n, 1))
         rows = max(1, -(-n // per_row))
-        boxes.append((name, devs, pad * 2 + cols * (cell + gap) - gap,
-                      30 + pad + rows * (cell + gap) - gap + pad))
+        w = pad * 2 + cols * (cell + gap) - gap
+        label = f"{nb.label} · {nb.stages}" if compact else nb.label
+        w = max(w, 7.0 * len(label) + 2 * pad + (0 if compact else 7.0 * len(nb.chip) + 10))
+        boxes.append((nb, w, head_h + rows * (cell + gap) - gap + pad))
     # Flow the node boxes left to right, wrapping at the chart width.
     placed: list[tuple[float, float]] = []
     x, y, row_h = 0.0, 0.0, 0.0
-    for _, _, w, h in boxes:
+    for _, w, h in boxes:
         if x > 0 and x + w > WIDTH:
-            x, y, row_h = 0.0, y + row_h + 14, 0.0
+            x, y, row_h = 0.0, y + row_h + 12, 0.0
         placed.append((x, y))
-        x += w + 14
+        x += w + 12
         row_h = max(row_h, h)
     nodes_h = y + row_h
     strip_top = nodes_h + 34
     total_units = max((st.layer_end for st in plan.stages), default=0)
-    height = strip_top + 78
+    height = strip_top + 52
     svg = Svg(WIDTH, height, label="Cluster, stage and layer map")
-    for (name, devs, w, h), (bx, by) in zip(boxes, placed, strict=True):
-        svg.rect(bx + 0.5, by + 0.5, w - 1, h - 1, fill="#fafbfc", stroke="#c8ccd2", rx=6)
-        chip = chips.get(name, "?")
-        svg.text(bx + pad, by + 16, f"{name}", size=13, weight="600")
-        svg.text(bx + w - pad, by + 16, chip, size=12, anchor="end", fill="#666")
+    for (nb, w, h), (bx, by) in zip(boxes, placed, strict=True):
+        devs, name = nb.devs, nb.label
+        svg.rect(bx + 0.5, by + 0.5, w - 1, h - 1, fill="#fafbfc", stroke="#c8ccd2", rx=6,
+                 title=f"{', '.join(nb.names)} ({nb.chip})")
+        svg.text(bx + pad, by + head_h / 2 + 2, f"{name} · {nb.stages}" if compact else name,
+                 size=12 if compact else 13, weight="600")
+        if not compact:
+            svg.text(bx + w - pad, by + 16, nb.chip, size=12, anchor="end", fill="#666")
         n = (max(devs) + 1) if devs else 0
         for i in range(n):
             cx = bx + pad + (i % per_row) * (cell + gap)
-            cy = by + 30 + (i // per_row) * (cell + gap)
+            cy = by + head_h + (i // per_row) * (cell + gap)
             owner = devs.get(i)
+            where = f"{name}:{i}" if len(nb.names) == 1 else f"device {i} of {name}"
             if owner is None:
-                tip = f"{name}:{i} — idle" if i in devs else f"{name}:{i} — not in the plan"
+                tip = f"{where} — idle" if i in devs else f"{where} — not in the plan"
                 svg.rect(cx, cy, cell, cell, fill="#ffffff", stroke="#b9bec5", dash="4 3",
                          rx=4, title=tip)
-                svg.text(cx + cell / 2, cy + cell / 2, "idle", size=11, anchor="middle",
-                         fill="#888")
+                if not compact:
+                    svg.text(cx + cell / 2, cy + cell / 2, "idle", size=11, anchor="middle",
+                             fill="#888")
                 continue
             s, r = owner
             st = plan.stages[s]
-            tip = (f"{name}:{i} — stage {s} ({st.chip}), DP replica {r}, TP group of "
-                   f"{st.tp}, units {st.layer_start}–{st.layer_end - 1}"
+            tip = (f"{where} — stage {s} ({st.chip}), "
+                   + (f"DP replica {r}, " if len(nb.names) == 1 else "")
+                   + f"TP group of {st.tp}, units {st.layer_start}–{st.layer_end - 1}"
                    + (", recompute" if st.recompute else ""))
-            svg.rect(cx, cy, cell, cell, fill=stage_color(s), rx=4, title=tip)
+            svg.rect(cx, cy, cell, cell, fill=stage_color(s), rx=3 if compact else 4,
+                     title=tip)
+            if compact:
+                continue
             svg.text(cx + cell / 2, cy + cell / 2 - 7, f"S{s}", size=13, anchor="middle",
                      fill="#fff", weight="700")
-            svg.text(cx + cell / 2, cy + cell / 2 + 10, f"r{r} · {i}", size=10,
+            svg.text(cx + cell / 2, cy + cell / 2 + 10, f"dev {i}", size=10,
                      anchor="middle", fill="#fff")
+        # Outline each TP group (one data-parallel replica) that sits on one row.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, owner in devs.items():
+            if owner is not None:
+                groups.setdefault(owner, []).append(i)
+        for (s, _r), members in sorted(groups.items()):
+            if len(members) < 2 or plan.stages[s].tp < 2:
+                continue
+            lo, hi = min(members), max(members)
+            if lo // per_row != hi // per_row or hi - lo + 1 != len(members):
+                continue
+            o = gap / 2 - 0.5
+            gx = bx + pad + (lo % per_row) * (cell + gap) - o
+            gy = by + head_h + (lo // per_row) * (cell + gap) - o
+            svg.rect(gx, gy, (hi - lo + 1) * (cell + gap) - gap + 2 * o, cell + 2 * o,
+                     fill="none", stroke="#2b2f36", stroke_width=1.5, rx=6,
+                     title=f"TP group of stage {s}: devices {lo}–{hi}")
     # The unit strip.
     svg.text(0, strip_top - 14, f"Model partition units (0–{max(total_units - 1, 0)}), "
              "in pipeline order", size=12, fill="#444", weight="600")
@@ -204,9 +279,12 @@ def cluster_map_svg(plan: Plan, *, node_chips: dict[str, str] | None = None) -> 
         if w > 7 * len(text):
             svg.text(x0 + w / 2, strip_top + 15, text, size=12, anchor="middle", fill="#fff",
                      weight="600")
-        first = st.layer_names[0] if st.layer_names else f"unit {st.layer_start}"
-        if w > 6.2 * len(first):
-            svg.text(x0 + 3, strip_top + 44, first, size=11, fill="#555")
+        names = st.layer_names or (f"unit {st.layer_start}",)
+        under = names[0] if len(names) == 1 else f"{names[0]} … {names[-1]}"
+        if w <= 6.2 * len(under):
+            under = names[0]
+        if w > 6.2 * len(under):
+            svg.text(x0 + 3, strip_top + 44, under, size=11, fill="#555")
         svg.line(x0 + 1, strip_top + 31, x0 + 1, strip_top + 36, stroke="#999")
     return svg
 
@@ -215,17 +293,25 @@ def cluster_map_svg(plan: Plan, *, node_chips: dict[str, str] | None = None) -> 
 # pipeline timeline (Gantt)
 # --------------------------------------------------------------------------------------
 
-def timeline_svg(plan: Plan, timeline: Timeline, *, predicted_s: float | None = None) -> Svg:
+def timeline_svg(plan: Plan, timeline: Timeline, *, predicted_s: float | None = None,
+                 until_s: float | None = None, legend: bool = True) -> Svg:
     """One row per stage: forwards, backwards (recompute part darker) and the tails; the
-    transfers between two stages sit in the gap between their rows; gaps are the bubble."""
+    transfers between two stages sit in the gap between their rows; gaps are the bubble.
+    ``until_s`` draws only the start of the iteration (a close-up of the warm-up)."""
     p = timeline.num_stages
     row_h, link_h = 32, 12
     left, right = LABEL_W, 24
     span = max(timeline.makespan_s, predicted_s or 0.0) or 1.0
+    if until_s is not None and 0 < until_s < span:
+        span = until_s
+    else:
+        until_s = None
     svg = Svg(WIDTH, 0, label=f"Pipeline timeline ({timeline.schedule})")
-    top = _legend(svg, [(KIND_NAMES[k], KIND_COLORS[k]) for k in
-                        ("F", "B", "recompute", "p2p", "dp_sync", "optimizer", "idle")],
-                  x=left, y=10, max_x=WIDTH - 140) + 22
+    top = 22.0
+    if legend:
+        top += _legend(svg, [(KIND_NAMES[k], KIND_COLORS[k]) for k in
+                             ("F", "B", "recompute", "p2p", "dp_sync", "optimizer", "idle")],
+                       x=left, y=10, max_x=WIDTH - 140)
     svg.height = top + p * row_h + max(p - 1, 0) * link_h + 34
     x0, x1 = left, WIDTH - right
     axis_y = top + p * row_h + max(p - 1, 0) * link_h + 8
@@ -237,13 +323,15 @@ def timeline_svg(plan: Plan, timeline: Timeline, *, predicted_s: float | None = 
     for s in range(p):
         y = row_y(s)
         _stage_head(svg, plan.stages[s] if s < len(plan.stages) else None, s, y=y, h=row_h)
-        svg.rect(x0, y, timeline.pipeline_s * scale, row_h, fill=KIND_COLORS["idle"],
+        svg.rect(x0, y, min(timeline.pipeline_s, span) * scale, row_h, fill=KIND_COLORS["idle"],
                  title=(f"stage {s}: idle {fmt_seconds(timeline.idle_s(s))} of "
                         f"{fmt_seconds(timeline.pipeline_s)} "
                         f"({fmt_pct(timeline.idle_s(s) / timeline.pipeline_s)})"
                         if timeline.pipeline_s > 0 else f"stage {s}"))
     for iv in timeline.intervals:
-        w = iv.duration_s * scale
+        if until_s is not None and iv.start_s >= until_s:
+            continue
+        w = (min(iv.end_s, span) - iv.start_s) * scale
         xs = x0 + iv.start_s * scale
         if iv.kind in ("p2p_fwd", "p2p_bwd"):
             y = row_y(iv.stage) + row_h + (1 if iv.kind == "p2p_fwd" else link_h / 2)
@@ -261,15 +349,16 @@ def timeline_svg(plan: Plan, timeline: Timeline, *, predicted_s: float | None = 
                    f"({fmt_seconds(iv.duration_s)})")
             svg.rect(xs, y + 1, max(w - 0.6, 0.6), row_h - 2, fill=KIND_COLORS[iv.kind],
                      title=tip)
-            _pass_parts(svg, iv, timeline, xs=xs, y=y + 1, h=row_h - 2, scale=scale, tip=tip)
-            if w >= 9 + 6 * len(str(iv.micro_batch)):
+            _pass_parts(svg, iv, timeline, xs=xs, y=y + 1, h=row_h - 2, scale=scale, tip=tip,
+                        max_x=x1)
+            if w >= 5 + 6 * len(str(iv.micro_batch)):
                 svg.text(xs + w / 2, y + row_h / 2 + 1, str(iv.micro_batch), size=10,
                          anchor="middle", fill="#fff")
         else:
             svg.rect(xs, y + 1, max(w, 1.0), row_h - 2, fill=KIND_COLORS[iv.kind],
                      title=f"stage {iv.stage} {KIND_NAMES[iv.kind]}: "
                            f"{fmt_seconds(iv.duration_s)}")
-    if predicted_s:
+    if predicted_s and predicted_s <= span:
         xp = x0 + predicted_s * scale
         svg.line(xp, top - 8, xp, axis_y, stroke="#222", width=1.2, dash="5 3")
         svg.text(min(xp, x1) - 4, top - 14, f"cost model: {fmt_seconds(predicted_s)}",
@@ -278,7 +367,7 @@ def timeline_svg(plan: Plan, timeline: Timeline, *, predicted_s: float | None = 
 
 
 def _pass_parts(svg: Svg, iv: Interval, timeline: Timeline, *, xs: float, y: float,
-                h: float, scale: float, tip: str) -> None:
+                h: float, scale: float, tip: str, max_x: float) -> None:
     """Overlay the parts of a pass that are not its own compute: transfers over a blocking
     link (receive first and send last in a forward; the reverse in a backward) and the
     recomputation at the start of a backward."""
@@ -293,9 +382,10 @@ def _pass_parts(svg: Svg, iv: Interval, timeline: Timeline, *, xs: float, y: flo
                     (st.send_s, st.recompute_s, "recompute", "recompute"),
                     (iv.duration_s - st.recv_s, st.recv_s, "p2p", "send gradients")]
     for offset, dur, kind, what in segments:
-        if dur <= 0:
+        x = xs + offset * scale
+        if dur <= 0 or x >= max_x:
             continue
-        svg.rect(xs + offset * scale, y, dur * scale, h, fill=KIND_COLORS[kind],
+        svg.rect(x, y, min(dur * scale, max_x - x), h, fill=KIND_COLORS[kind],
                  title=f"{tip}; {what} {fmt_seconds(dur)}")
 
 
@@ -368,8 +458,14 @@ def time_breakdown_svg(plan: Plan) -> Svg:
     svg.height = top + n * (row_h + gap) + 30
 
     def parts(sp: StagePrediction) -> list[tuple[str, float]]:
+        """Solid parts sum to ``busy_s``; overlapped transfers (activation and gradient over
+        both boundaries) are drawn after them, lighter, as they cost nothing extra."""
+        own = sp.fwd_s + sp.bwd_s + sp.recompute_s + sp.tp_comm_s
+        blocking = max(0.0, sp.busy_s - own)
+        overlapped = max(0.0, 2 * (sp.p2p_in_s + sp.p2p_out_s) - blocking)
         return [("forward", sp.fwd_s), ("backward", sp.bwd_s), ("recompute", sp.recompute_s),
-                ("TP comm", sp.tp_comm_s), ("p2p", sp.p2p_in_s + sp.p2p_out_s)]
+                ("TP comm", sp.tp_comm_s), ("p2p (blocking)", blocking),
+                ("p2p (overlapped)", overlapped)]
 
     longest = max((max(sum(v for _, v in parts(sp)), sp.busy_s) for sp in preds.values()),
                   default=0.0)

@@ -14,8 +14,10 @@ __all__ = [
     "fmt_pct",
     "fmt_rate",
     "fmt_ratio",
+    "fmt_count",
     "fmt_signed_pct",
     "layer_span",
+    "fmt_layout",
 ]
 
 
@@ -63,9 +65,35 @@ def fmt_rate(x: float) -> str:
     return f"{x:.4g}"
 
 
+def fmt_count(n: float) -> str:
+    """A parameter or item count: ``957k``, ``1.31 B``, ``70 B``."""
+    a = abs(n)
+    if a >= 1e9:
+        return f"{n / 1e9:.3g} B"
+    if a >= 1e6:
+        return f"{n / 1e6:.3g} M"
+    if a >= 1e3:
+        return f"{n / 1e3:.3g}k"
+    return f"{n:.0f}"
+
+
 def fmt_ratio(x: float) -> str:
     """``1.32×``."""
     return f"{x:.2f}×"
+
+
+def fmt_layout(counts: Sequence[int]) -> str:
+    """Units per stage: ``10 | 8 | 8``; long pipelines run-length encoded: ``1 (×9) | 7 (×3)``
+    is nine stages of one unit, then three of seven."""
+    if len(counts) <= 8:
+        return " | ".join(str(c) for c in counts)
+    runs: list[list[int]] = []
+    for c in counts:
+        if runs and runs[-1][0] == c:
+            runs[-1][1] += 1
+        else:
+            runs.append([c, 1])
+    return " | ".join(f"{c} (×{n})" if n > 1 else str(c) for c, n in runs)
 
 
 def layer_span(names: Sequence[str], start: int, end: int) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from autosplit.plan.schema import Plan, Replica
+from autosplit.plan.schema import Alternative, Plan, Replica, StagePlan, StagePrediction
 from autosplit.report.charts import (
     cluster_map_svg,
     memory_svg,
@@ -21,6 +21,8 @@ from autosplit.report.charts import (
 )
 from autosplit.report.fmt import (
     fmt_bytes,
+    fmt_count,
+    fmt_layout,
     fmt_pct,
     fmt_rate,
     fmt_ratio,
@@ -32,7 +34,11 @@ from autosplit.report.measured import MeasuredRun, compare_stages, relative_erro
 from autosplit.report.svg import stage_color
 from autosplit.report.timeline import Timeline, simulate, stage_times_from_prediction
 
-__all__ = ["render_html", "plan_timeline", "device_list"]
+__all__ = ["render_html", "plan_timeline", "device_list", "stage_devices", "alternative_layout"]
+
+
+#: Above this many micro-batches the timeline gets a close-up of its start.
+_CLOSE_UP_ABOVE = 24
 
 
 def plan_timeline(plan: Plan) -> Timeline | None:
@@ -62,8 +68,63 @@ def device_list(replica: Replica) -> str:
     return f"{replica.node}:{_ranges(replica.local_indices)}"
 
 
+def alternative_layout(alt: Alternative) -> str:
+    """Units per stage of an alternative (``5 | 1``), from its stage summaries."""
+    counts: list[int] = []
+    for st in alt.stages:
+        if "layers" in st:
+            counts.append(int(st["layers"]))
+        elif "layer_start" in st and "layer_end" in st:
+            counts.append(int(st["layer_end"]) - int(st["layer_start"]))
+        else:
+            return "—"
+    return fmt_layout(counts) if counts else "—"
+
+
+def stage_devices(st: StagePlan) -> list[str]:
+    """A stage's devices, one line per node: ``node:0–3`` when each device is its own
+    replica (TP 1), else the TP groups side by side (``node:0–1 | 2–3``)."""
+    per_node: dict[str, list[tuple[int, ...]]] = {}
+    for r in st.replicas:
+        per_node.setdefault(r.node, []).append(r.local_indices)
+    lines = []
+    for node, groups in per_node.items():
+        if st.tp == 1:
+            lines.append(f"{node}:{_ranges([i for g in groups for i in g])}")
+        else:
+            lines.append(f"{node}:" + " | ".join(_ranges(g) for g in groups))
+    return lines
+
+
+def _shares(st: StagePlan) -> str:
+    """Samples each replica takes of a micro-batch: ``2 + 2``, or ``1 (×16)`` for many."""
+    values = [r.batch_share for r in st.replicas]
+    if len(values) <= 4:
+        return " + ".join(str(v) for v in values)
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and runs[-1][0] == v:
+            runs[-1][1] += 1
+        else:
+            runs.append([v, 1])
+    return " + ".join(f"{v} (×{n})" if n > 1 else str(v) for v, n in runs)
+
+
 def _e(x: object) -> str:
     return escape(str(x))
+
+
+def _secs(s: float) -> str:
+    """A time for a table cell: a dash for exactly nothing, so real figures stand out."""
+    return fmt_seconds(s) if s else "—"
+
+
+def _comm_share(sp: StagePrediction) -> float:
+    """The part of a stage's busy time that is communication it cannot hide: TP
+    collectives and transfers over blocking links (everything beyond its own compute)."""
+    if sp.busy_s <= 0:
+        return 0.0
+    return max(0.0, sp.busy_s - (sp.fwd_s + sp.bwd_s + sp.recompute_s)) / sp.busy_s
 
 
 def _fits(plan: Plan) -> str:
@@ -102,16 +163,21 @@ def _header(plan: Plan, notes: Sequence[str], nav: Sequence[tuple[str, str]]) ->
     card_html = "".join(
         f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div>'
         f'<div class="s">{_e(s)}</div></div>' for k, v, s in cards)
-    facts = (f"{_e(m.name)} · {m.params / 1e9:.3g} B parameters · {m.num_layers} partition "
+    facts = (f"{_e(m.name)} · {fmt_count(m.params)} parameters · {m.num_layers} partition "
              f"units · sequence {m.seq_len} · {_e(m.dtype)} — global batch {plan.global_batch} "
              f"in {plan.micro_batch_count} micro-batches of {plan.micro_batch_samples} · "
              f"schedule {_e(plan.schedule)}" + (" · ZeRO-1" if plan.zero1 else ""))
     if m.model_args:
         facts += " · " + ", ".join(f"{_e(k)}={_e(v)}" for k, v in sorted(m.model_args.items()))
     note_html = "".join(f'<div class="note">{_e(n)}</div>' for n in notes)
+    flow = " → ".join(
+        f'<span class="chip" style="border-color:{stage_color(st.index)}">'
+        f'<b>S{st.index}</b> {_e(st.chip)} · TP{st.tp}×DP{st.dp} · units '
+        f'{st.layer_start}–{st.layer_end - 1}{" · recompute" if st.recompute else ""}</span>'
+        for st in plan.stages)
     links = "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in nav)
     return (f'<header><h1>{_e(m.name)} on {_e(plan.cluster.name)}</h1>'
-            f'<p class="facts">{facts}</p><nav>{links}</nav>'
+            f'<p class="facts">{facts}</p><p class="flow">{flow}</p><nav>{links}</nav>'
             f'<div class="cards">{card_html}</div>{note_html}</header>')
 
 
@@ -120,10 +186,16 @@ def _stage_table(plan: Plan) -> str:
     rows = []
     for st in plan.stages:
         sp = preds.get(st.index)
-        devs = "<br>".join(_e(device_list(r)) for r in st.replicas)
-        shares = " + ".join(str(r.batch_share) for r in st.replicas)
+        lines = stage_devices(st)
+        devs = "<br>".join(_e(d) for d in lines)
+        if len(lines) > 3:
+            devs = (f"<details><summary>{len(lines)} nodes, {st.num_devices} devices</summary>"
+                    f"{devs}</details>")
+        shares = _shares(st)
         names = ", ".join(st.layer_names)
-        span = layer_span(st.layer_names, st.layer_start, st.layer_end)
+        names_ = st.layer_names
+        span = (f"{names_[0]} … {names_[-1]}" if len(names_) > 2
+                else layer_span(names_, st.layer_start, st.layer_end))
         layers = (f'<details><summary>{_e(span)}</summary>'
                   f'<div class="names">{_e(names)}</div>'
                   + (f'<div class="names mod">modules: {_e(", ".join(st.module_names))}</div>'
@@ -140,7 +212,7 @@ def _stage_table(plan: Plan) -> str:
             f'<td>{"yes" if st.recompute else "no"}</td><td>{_e(st.cost_source)}</td>'
             f'<td class="num">{fmt_seconds(sp.busy_s) if sp else "—"}</td>'
             f'<td class="num">{mem}</td></tr>')
-    head = ("<tr><th>Stage</th><th>Chip</th><th>Devices (per DP replica)</th><th>TP</th>"
+    head = ("<tr><th>Stage</th><th>Chip</th><th>Devices (TP groups)</th><th>TP</th>"
             "<th>DP</th><th>Samples per micro-batch</th><th>Units</th><th>Layers</th>"
             "<th>Recompute</th><th>Cost source</th><th>Busy / micro-batch</th>"
             "<th>Memory (peak device)</th></tr>")
@@ -155,9 +227,10 @@ def _map_section(plan: Plan) -> str:
     return (
         '<section id="map"><h2>Where everything runs</h2>'
         '<p class="caption">Each box is a node; each square a device, coloured by the pipeline '
-        'stage it serves (r = data-parallel replica, then the device index). The strip below '
-        'shows which partition units of the model each stage owns; R marks recomputation. '
-        'Click a row\'s layer summary for the full list.</p>'
+        'stage it serves; a dark outline groups the devices of one tensor-parallel group (one '
+        'data-parallel replica). The strip below shows which partition units of the model '
+        'each stage owns; R marks recomputation. Click a layer summary in the table for the '
+        'full list.</p>'
         f'{cluster_map_svg(plan).render()}{idle}{_stage_table(plan)}</section>')
 
 
@@ -175,11 +248,26 @@ def _timeline_section(plan: Plan, timeline: Timeline | None) -> str:
         "are activations going down (upper half) and gradients coming back (lower half). "
         "Each stage ends with its data-parallel gradient all-reduce and optimizer step. "
         f"Replayed iteration: <b>{fmt_seconds(timeline.makespan_s)}</b> "
-        f"(cost model: {fmt_seconds(pred.iteration_s)}, {fmt_signed_pct(diff)}); "
-        f"bubble {fmt_pct(timeline.bubble_fraction())} of stage time. "
+        f"(cost model: {fmt_seconds(pred.iteration_s)}, {fmt_signed_pct(diff)}: the replay "
+        "follows every dependency, the cost model uses a closed formula). "
         "Hover a bar for its exact times.")
-    return (f'{head}<p class="caption">{caption}</p>'
-            f'{timeline_svg(plan, timeline, predicted_s=pred.iteration_s).render()}</section>')
+    idle = max(range(timeline.num_stages), key=timeline.idle_s)
+    verdict = (f'<p class="verdict">Bubble: <b>{fmt_pct(timeline.bubble_fraction())}</b> of '
+               f"stage time; stage {idle} waits longest "
+               f"({fmt_seconds(timeline.idle_s(idle))} per iteration).</p>")
+    close_up = ""
+    if timeline.micro_batches > _CLOSE_UP_ABOVE:
+        # Many micro-batches make thin bars: add a close-up of the warm-up, up to the end of
+        # the forward of micro-batch (stages + 8) on the first stage.
+        k = min(timeline.micro_batches - 1, timeline.num_stages + 8)
+        until = next(iv.end_s for iv in timeline.intervals
+                     if iv.stage == 0 and iv.kind == "F" and iv.micro_batch == k)
+        close_up = (f'<p class="caption"><b>Close-up</b> of the first '
+                    f"{fmt_seconds(until)}: the warm-up and the first steady-state passes."
+                    f"</p>{timeline_svg(plan, timeline, until_s=until, legend=False).render()}")
+    return (f'{head}{verdict}<p class="caption">{caption}</p>'
+            f'{timeline_svg(plan, timeline, predicted_s=pred.iteration_s).render()}'
+            f"{close_up}</section>")
 
 
 def _memory_section(plan: Plan) -> str:
@@ -197,6 +285,18 @@ def _memory_section(plan: Plan) -> str:
               f'<td>{"yes" if st and st.recompute else "no"}</td>'
               f'<td class="{"ok" if mem.fits else "bad"}">{"yes" if mem.fits else "NO"}</td>'
               '</tr>')
+    verdict = ""
+    if plan.prediction is not None and plan.prediction.stages:
+        tight = max(plan.prediction.stages,
+                    key=lambda sp: sp.memory.total / sp.memory.capacity if sp.memory.capacity
+                    else 0.0)
+        over = [sp for sp in plan.prediction.stages if not sp.memory.fits]
+        chip = next((st.chip for st in plan.stages if st.index == tight.index), "")
+        used = tight.memory.total / tight.memory.capacity if tight.memory.capacity else 0.0
+        verdict = (f'<p class="verdict">Fullest device: <b>stage {tight.index}</b> ({_e(chip)}) '
+                   f"at {fmt_pct(used, 0)} of {fmt_bytes(tight.memory.capacity)}; "
+                   + (f'<b class="bad">{len(over)} stage(s) do not fit</b>.</p>' if over
+                      else "every stage fits.</p>"))
     table = ""
     if rows:
         table = ('<table><tr><th>Stage</th><th>Chip</th><th>Weights</th><th>Gradients</th>'
@@ -205,7 +305,8 @@ def _memory_section(plan: Plan) -> str:
                  f'<th>Recompute</th><th>Fits</th></tr>{"".join(rows)}</table>')
     return (
         '<section id="memory"><h2>Memory per device</h2>'
-        '<p class="caption">The most loaded device of each stage. The outlined box is the '
+        f'{verdict}<p class="caption">'
+        'The most loaded device of each stage. The outlined box is the '
         "device's capacity; the bar stacks what the plan puts in it. Activations grow with "
         'the micro-batches a stage keeps in flight (under 1F1B early stages keep more); '
         'stages with recomputation keep only each layer\'s input. The reserve is head-room '
@@ -219,24 +320,22 @@ def _time_section(plan: Plan) -> str:
         return ""
     rows = []
     for sp in sorted(pred.stages, key=lambda s: s.index):
-        compute = sp.fwd_s + sp.bwd_s + sp.recompute_s
-        comm = sp.tp_comm_s + sp.p2p_in_s + sp.p2p_out_s
         bn = sp.index == pred.bottleneck_stage
         rows.append(
             f'<tr class="{"bn" if bn else ""}"><td>S{sp.index}{" ◀" if bn else ""}</td>'
-            + "".join(f'<td class="num">{fmt_seconds(v)}</td>' for v in (
+            + "".join(f'<td class="num">{_secs(v)}</td>' for v in (
                 sp.fwd_s, sp.bwd_s, sp.recompute_s, sp.tp_comm_s, sp.p2p_in_s, sp.p2p_out_s,
                 sp.busy_s))
-            + f'<td class="num">{fmt_pct(comm / (compute + comm)) if compute + comm else "—"}'
-              f'</td><td class="num">{fmt_seconds(sp.dp_allreduce_s)}</td>'
-              f'<td class="num">{fmt_seconds(sp.optimizer_s)}</td></tr>')
+            + f'<td class="num">{fmt_pct(_comm_share(sp))}</td>'
+              f'<td class="num">{_secs(sp.dp_allreduce_s)}</td>'
+              f'<td class="num">{_secs(sp.optimizer_s)}</td></tr>')
     bn_stage = next((s for s in plan.stages if s.index == pred.bottleneck_stage), None)
     bn_text = ""
     if bn_stage is not None:
         bsp = next(sp for sp in pred.stages if sp.index == pred.bottleneck_stage)
-        comm = bsp.tp_comm_s + bsp.p2p_in_s + bsp.p2p_out_s
-        compute = bsp.fwd_s + bsp.bwd_s + bsp.recompute_s
-        kind = "communication" if comm > compute else "compute"
+        share = _comm_share(bsp)
+        kind = (f"communication ({fmt_pct(share, 0)} of its busy time)" if share > 0.5 else
+                f"compute ({fmt_pct(1 - share, 0)} of its busy time)")
         bn_text = (f"<p class=\"verdict\">Bottleneck: <b>stage {bn_stage.index}</b> "
                    f"({_e(stage_label(bn_stage))}, units {bn_stage.layer_start}–"
                    f"{bn_stage.layer_end - 1}), busy {fmt_seconds(bsp.busy_s)} per "
@@ -244,27 +343,31 @@ def _time_section(plan: Plan) -> str:
                    "micro-batch.</p>")
     return (
         '<section id="time"><h2>Compute vs communication</h2>'
-        '<p class="caption">Per micro-batch. The black tick is the time the stage is busy '
-        '(transfers that overlap compute do not count); the slowest stage sets the pace of '
-        'the whole pipeline. DP all-reduce and optimizer are paid once per iteration.</p>'
-        f'{bn_text}{time_breakdown_svg(plan).render()}'
+        f'{bn_text}<p class="caption">'
+        'Per micro-batch, forward and backward together. The black tick is '
+        'the time the stage is busy: its compute, TP collectives and the transfers over '
+        'blocking links (the CPU relay), which it performs itself. Transfers over links that '
+        'overlap with compute are drawn lighter, past the tick: they cost only in the '
+        'pipeline fill. The slowest stage sets the pace of the whole pipeline. DP all-reduce '
+        'and optimizer step are paid once per iteration.</p>'
+        f'{time_breakdown_svg(plan).render()}'
         '<table><tr><th>Stage</th><th>Forward</th><th>Backward</th><th>Recompute</th>'
-        '<th>TP comm</th><th>p2p in</th><th>p2p out</th><th>Busy</th><th>Comm share</th>'
+        '<th>TP comm</th><th>p2p in</th><th>p2p out</th><th>Busy</th><th>Comm share of busy</th>'
         f'<th>DP all-reduce</th><th>Optimizer</th></tr>{"".join(rows)}</table></section>')
 
 
 def _compare_section(plan: Plan, baselines: Sequence[tuple[str, Plan]],
                      baseline_note: str) -> str:
     pred = plan.prediction
-    head = ('<section id="compare"><h2>Compared with simpler splits</h2>'
-            '<p class="caption">The same devices split the obvious ways, costed by the same '
-            'model, and the next-best plans the search kept. The last column is each '
-            "plan's iteration time divided by this plan's: above 1× means this plan is "
-            'faster.</p>')
+    head = '<section id="compare"><h2>Compared with simpler splits</h2>'
+    caption = ('<p class="caption">The same devices split the obvious ways, costed by the same '
+               'model, and the next-best plans the search kept. The last column is each '
+               "plan's iteration time divided by this plan's: above 1× means this plan is "
+               'faster.</p>')
     note = f'<div class="note">{_e(baseline_note)}</div>' if baseline_note else ""
 
     def layout(p: Plan) -> str:
-        return " | ".join(str(st.num_layers) for st in p.stages)
+        return fmt_layout([st.num_layers for st in p.stages])
 
     rows = []
     if pred is not None:
@@ -285,8 +388,7 @@ def _compare_section(plan: Plan, baselines: Sequence[tuple[str, Plan]],
             f'<td class="num">{fmt_pct(op.mfu) if op else "—"}</td>'
             f'<td>{_e(_fits(other))}</td><td class="num">{ratio}</td></tr>')
     for alt in plan.alternatives:
-        layout_alt = " | ".join(str(int(s.get("layer_end", 0)) - int(s.get("layer_start", 0)))
-                                for s in alt.stages) if alt.stages else "—"
+        layout_alt = alternative_layout(alt)
         ratio = (fmt_ratio(alt.iteration_s / pred.iteration_s)
                  if pred is not None and pred.iteration_s else fmt_ratio(alt.ratio_to_best))
         rows.append(
@@ -295,7 +397,7 @@ def _compare_section(plan: Plan, baselines: Sequence[tuple[str, Plan]],
             f'<td class="num">{fmt_seconds(alt.iteration_s)}</td><td class="num">—</td>'
             f'<td class="num">—</td><td>—</td><td class="num">{ratio}</td></tr>')
     if not rows:
-        return head + note + "<p>Nothing to compare.</p></section>"
+        return head + note + caption + "<p>Nothing to compare.</p></section>"
     table = ('<table><tr><th>Plan</th><th>Units per stage</th><th>Iteration</th>'
              '<th>Tokens/s</th><th>MFU</th><th>Fits in memory</th>'
              f'<th>Time ÷ this plan</th></tr>{"".join(rows)}</table>')
@@ -309,7 +411,7 @@ def _compare_section(plan: Plan, baselines: Sequence[tuple[str, Plan]],
                                 f"{_e(name)}")
     verdict = (f'<p class="verdict">This plan is {"; ".join(verdicts)}.</p>'
                if verdicts else "")
-    return f"{head}{note}{verdict}{table}</section>"
+    return f"{head}{verdict}{note}{caption}{table}</section>"
 
 
 def _measured_section(plan: Plan, run: MeasuredRun | None) -> str:
@@ -339,7 +441,13 @@ def _measured_section(plan: Plan, run: MeasuredRun | None) -> str:
             f'<td class="num">{meas}</td>'
             f'<td class="num">{fmt_signed_pct(cmp.error) if cmp.error is not None else "—"}'
             '</td></tr>')
-    return ('<section id="measured"><h2>Predicted vs measured</h2>'
+    verdict = ""
+    if pred is not None:
+        err = relative_error(pred.iteration_s, run.step_time_s)
+        verdict = (f'<p class="verdict">The cost model is <b>{fmt_signed_pct(err)}</b> off the '
+                   f"measured iteration time ({fmt_seconds(pred.iteration_s)} predicted, "
+                   f"{fmt_seconds(run.step_time_s)} measured).</p>")
+    return ('<section id="measured"><h2>Predicted vs measured</h2>' + verdict +
             '<p class="caption">Error = (predicted − measured) / measured: positive means the '
             'cost model is pessimistic. Memory is compared without the planner\'s reserve, '
             'against the highest peak any rank of the stage reported.</p>'
@@ -349,7 +457,8 @@ def _measured_section(plan: Plan, run: MeasuredRun | None) -> str:
 
 def _search_section(plan: Plan) -> str:
     s = plan.search
-    pruned = ", ".join(f"{_e(k)}: {v}" for k, v in sorted(s.pruned.items())) or "—"
+    pruned = ", ".join(f"{v:,} {_e(k).replace('_', ' ')}" for k, v in
+                       sorted(s.pruned.items(), key=lambda kv: (-kv[1], kv[0])) if v) or "—"
     items = [
         ("Search time", fmt_seconds(s.time_s) + (" (time limit hit)" if s.timed_out else "")),
         ("Candidates explored", f"{s.explored:,}"),
@@ -388,6 +497,9 @@ margin-bottom:16px}
 h1{font-size:22px;margin:0 0 4px}
 h2{font-size:17px;margin:0 0 6px}
 .facts{color:#555;margin:0 0 8px}
+.flow{margin:0 0 8px;line-height:2}
+.chip{display:inline-block;border:1px solid;border-left-width:5px;border-radius:4px;
+padding:0 8px;line-height:1.7;background:#fafbfc;font-size:13px;white-space:nowrap}
 nav{margin:4px 0 12px}nav a{margin-right:14px;color:#2f6fb0;text-decoration:none;font-size:13px}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:10px}
 .card{border:1px solid #e3e6ea;border-radius:6px;padding:8px 12px;background:#fafbfc}
@@ -407,7 +519,8 @@ td.dev{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-siz
 white-space:nowrap}
 tr.this td{font-weight:650;background:#eef5ff}tr.alt td{color:#555}
 tr.bn td{background:#fff0f0}
-td.ok{color:#1d7a2e}td.bad{color:#c00;font-weight:700}
+td.ok{color:#1d7a2e}td.bad,b.bad{color:#c00;font-weight:700}
+table.stages th:nth-child(8){min-width:170px}table.stages td:first-child{white-space:nowrap}
 .sw{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px}
 details summary{cursor:pointer}
 .names{font-size:12px;color:#555;max-width:340px;word-break:break-word}

@@ -12,10 +12,12 @@ from html import escape
 
 __all__ = ["Svg", "STAGE_COLORS", "stage_color", "nice_step"]
 
-#: Qualitative palette (colour-blind friendly order, after Okabe & Ito / Tableau 10).
+#: Qualitative palette: Tableau 10, then darker companions for pipelines of 11–20 stages.
 STAGE_COLORS: tuple[str, ...] = (
     "#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#e15759",
     "#76b7b2", "#edc948", "#9c755f", "#ff9da7", "#bab0ac",
+    "#2b4f73", "#b35f12", "#2f6b2a", "#7a4b73", "#a8323a",
+    "#3f7f7a", "#a88a1c", "#6b4c39", "#c2607a", "#6e6761",
 )
 
 

@@ -37,7 +37,7 @@ from autosplit.runtime.stage_builder import (
     unit_span,
 )
 
-__all__ = ["run_rank", "TORCH_DTYPES", "default_loss"]
+__all__ = ["run_rank", "TORCH_DTYPES", "default_loss", "make_optimizer"]
 
 TORCH_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16,
                                         "fp32": torch.float32}
@@ -48,6 +48,11 @@ _SCHEDULES = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}
 def default_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the last dimension (the model-file convention's default)."""
     return F.cross_entropy(outputs.float().flatten(0, -2), targets.flatten())
+
+
+def make_optimizer(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW as every rank (and a single-process reference) uses it."""
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
 
 
 def _boundary_metas(source: ModelSource, *, plan: Plan, stage_index: int, micro_batch: int,
@@ -77,7 +82,11 @@ def _boundary_metas(source: ModelSource, *, plan: Plan, stage_index: int, micro_
         with torch.no_grad():
             out = probe(*current)
         current = out if isinstance(out, tuple) else (out,)
-    return stage_inputs, current
+    # Activations carry gradients back across the boundary; the pipeline reads that from here.
+    def mark(ts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(t.detach().requires_grad_(t.is_floating_point()) for t in ts)
+
+    return mark(stage_inputs), mark(current)
 
 
 def _sync(device: torch.device) -> None:
@@ -138,11 +147,11 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
         pipe_stage = PipelineStage(stage, stage_index, plan.num_stages, comm_device,
                                    input_args=in_meta, output_args=out_meta,
                                    group=pp_groups[replica])
-        schedule = _SCHEDULES[plan.schedule](
-            pipe_stage, plan.micro_batch_count,
-            loss_fn=_make_loss(source, autocast, device) if is_last else None)
+        # Every rank passes the loss: the schedule runs backward only when it has one.
+        schedule = _SCHEDULES[plan.schedule](pipe_stage, plan.micro_batch_count,
+                                             loss_fn=_make_loss(source, autocast, device))
         params = [p for p in stage.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+        optimizer = make_optimizer(params)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
@@ -185,7 +194,10 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
         else:
             peak, reserved, kind = max(0, peak_rss_bytes() - rss_before), None, "cpu_rss_growth"
         if config.dump_params_dir and replica == 0:
-            state = {k: v.detach().float().cpu() for k, v in stage.model.state_dict().items()}
+            named = list(stage.model.named_parameters())
+            state = {"params": {k: v.detach().float().cpu() for k, v in named},
+                     "grads": {k: v.grad.detach().float().cpu() for k, v in named
+                               if v.grad is not None}}
             torch.save(state, os.path.join(config.dump_params_dir, f"stage{stage_index}.pt"))
         env = {k: v for k, v in os.environ.items()
                if k.startswith("CUDA_MPS_") or k == "CUDA_VISIBLE_DEVICES"}

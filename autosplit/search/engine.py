@@ -156,7 +156,13 @@ def _solve(cache: TableCache, pools: list[Pool], options: tuple[PoolOption, ...]
                          micro_batch_samples=b_mb)
     n_units = cache.model.num_layers
     mats = [stage_matrices(c, n_units, allow_recompute=search.allow_recompute) for c in ctxs]
-    res = solve_split(mats, micro_batches=micro_batches, upper_bound=upper_bound)
+    if search.solver == "cpsat":
+        from autosplit.search.layer_split_cpsat import solve_split_cpsat
+
+        res = solve_split_cpsat(mats, micro_batches=micro_batches,
+                                time_limit_s=max(1.0, search.time_limit_s / 10))
+    else:
+        res = solve_split(mats, micro_batches=micro_batches, upper_bound=upper_bound)
     if res is None:
         return None
     stages = [StageAssignment(ctx=c, start=res.bounds[s], end=res.bounds[s + 1],
@@ -292,7 +298,7 @@ def search_plan(*, model: ModelProfile, cluster: Cluster, training: TrainingConf
     gap = max(0.0, (best.iteration_s - lower) / best.iteration_s)
     stats = SearchStats(
         time_s=elapsed, explored=explored, pruned=pruned, level1_candidates=level1,
-        exact_solves=explored, solver="dp", lower_bound_s=lower, optimality_gap=gap,
+        exact_solves=explored, solver=search.solver, lower_bound_s=lower, optimality_gap=gap,
         timed_out=timed_out)
     return build_plan(best, pools=pools, model=model, cluster=cluster, training=training,
                       stats=stats, alternatives=kept, best_all=best_all,
@@ -385,8 +391,8 @@ def build_plan(best: _Solved, *, pools: list[Pool], model: ModelProfile, cluster
     if idle:
         if best_all is not None:
             ratio = best_all.iteration_s / best.iteration_s
-            idle_note = (f"using every device ({_describe(best_all.options, pools, best_all.micro_batches)})"
-                         f" predicts {best_all.iteration_s:.3f} s per iteration, "
+            shape = _describe(best_all.options, pools, best_all.micro_batches)
+            idle_note = (f"using every device ({shape}) predicts {best_all.iteration_s:.3f} s per iteration, "
                          f"{ratio:.2f}× the chosen plan's {best.iteration_s:.3f} s")
         else:
             idle_note = "no plan that uses every device fits in memory or the search space"

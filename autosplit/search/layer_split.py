@@ -22,7 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autosplit.cost.stage import StageContext, boundary_p2p, range_busy, range_memory
+from autosplit.cost.stage import (
+    StageContext,
+    boundary_p2p,
+    range_busy,
+    range_memory,
+    range_tail,
+)
 
 __all__ = ["SplitResult", "StageMatrices", "stage_matrices", "solve_split"]
 
@@ -36,6 +42,8 @@ class StageMatrices:
     busy: np.ndarray  # (L+1, L+1)
     recompute: np.ndarray  # bool (L+1, L+1)
     extra: np.ndarray  # (L+1,) fill cost charged once for a boundary at j
+    tail: np.ndarray  # (L+1, L+1) DP all-reduce + optimizer step after the pipeline drains
+    bwd: np.ndarray  # (L+1, L+1) backward part of busy (the slack later stages' tails hide in)
 
 
 @dataclass(frozen=True)
@@ -71,8 +79,13 @@ def stage_matrices(ctx: StageContext, num_units: int, *, allow_recompute: bool) 
     extra = np.zeros(num_units + 1)
     if ctx.link_out is not None and not StageContext.blocking(ctx.link_out):
         extra = 2.0 * np.asarray(boundary_p2p(ctx, idx), dtype=float)
+    t = ctx.tables
+    dp_t, opt_t = range_tail(ctx, i + 0 * j, j + 0 * i)
+    bwd = (t.bwd[j] - t.bwd[i]) + (t.tpc[j] - t.tpc[i]) / 2 + np.where(rec, t.rec[j] - t.rec[i],
+                                                                      0.0)
     return StageMatrices(busy=np.asarray(out, dtype=float), recompute=np.asarray(rec),
-                         extra=extra)
+                         extra=extra, tail=np.asarray(dp_t + opt_t, dtype=float),
+                         bwd=np.asarray(bwd, dtype=float))
 
 
 def _dp(mats: Sequence[StageMatrices], threshold: float
@@ -97,18 +110,72 @@ def _dp(mats: Sequence[StageMatrices], threshold: float
     return float(f[-1]), bounds
 
 
-def _evaluate(mats: Sequence[StageMatrices], bounds: list[int], m: int) -> tuple[float, float]:
+def _evaluate(mats: Sequence[StageMatrices], bounds: Sequence[int], m: int
+              ) -> tuple[float, float]:
+    """Full objective (pipeline + tail, as ``cost.predict.iteration_time``) and max busy."""
     busy = [mt.busy[bounds[s], bounds[s + 1]] for s, mt in enumerate(mats)]
     extra = sum(mt.extra[bounds[s + 1]] for s, mt in enumerate(mats))
-    return float(sum(busy) + extra + (m - 1) * max(busy)), float(max(busy))
+    tail = 0.0
+    slack = 0.0
+    for s, mt in enumerate(mats):
+        i, j = bounds[s], bounds[s + 1]
+        tail = max(tail, mt.tail[i, j] - slack)
+        slack += mt.bwd[i, j]
+    return float(sum(busy) + extra + (m - 1) * max(busy) + tail), float(max(busy))
+
+
+def _polish(mats: Sequence[StageMatrices], bounds: list[int], m: int, obj: float,
+            max_passes: int = 4) -> tuple[float, list[int]]:
+    """Move single boundaries by one unit while that lowers the full objective.
+
+    The parametric DP is exact for the pipeline part; the post-pipeline tail (gradient
+    all-reduce, optimizer step) is a second, path-dependent max it cannot see. Neighbouring
+    splits differ from the DP's choice mostly in that tail, so a short local search recovers
+    it; the reported lower bound stays the proven one.
+    """
+    n = len(bounds)
+    for _ in range(max_passes):
+        improved = False
+        for k in range(1, n - 1):
+            for delta in (-1, 1):
+                cand = list(bounds)
+                cand[k] += delta
+                if not cand[k - 1] < cand[k] < cand[k + 1]:
+                    continue
+                if any(not np.isfinite(mats[s].busy[cand[s], cand[s + 1]])
+                       for s in (k - 1, k)):
+                    continue
+                val, _ = _evaluate(mats, cand, m)
+                if val < obj - 1e-15:
+                    obj, bounds, improved = val, cand, True
+        if not improved:
+            break
+    return obj, bounds
+
+
+def _tail_lower_bound(mats: Sequence[StageMatrices]) -> float:
+    """The first stage has no slack, so the tail is at least its smallest feasible tail."""
+    first = mats[0]
+    row = np.where(np.isfinite(first.busy[0]), first.tail[0], np.inf)
+    val = float(row.min())
+    return val if np.isfinite(val) else 0.0
+
+
+def _pipeline_part(mats: Sequence[StageMatrices], bounds: Sequence[int], m: int) -> float:
+    busy = [mt.busy[bounds[s], bounds[s + 1]] for s, mt in enumerate(mats)]
+    extra = sum(mt.extra[bounds[s + 1]] for s, mt in enumerate(mats))
+    return float(sum(busy) + extra + (m - 1) * max(busy))
 
 
 def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
                 max_thresholds: int = 48, upper_bound: float = _INF) -> SplitResult | None:
-    """Exact split of the units over the stages (see module docstring).
+    """Best split of the units over the stages (see module docstring).
 
-    ``upper_bound`` lets the caller stop early: if even the relaxed bound cannot beat it, the
-    function returns ``None``. Returns ``None`` when no split fits in memory.
+    The threshold scan is exact for the pipeline part; the tail is added by evaluating every
+    split the scan produces with the full objective and polishing the best one. The lower
+    bound is ``min pipeline part + a bound on the tail``, so the gap stays provable.
+    ``upper_bound`` lets the caller stop early: returns ``None`` if even the relaxed bound
+    cannot beat it, or if no split fits in memory.
     """
     m = micro_batches
     values = np.unique(np.concatenate([mt.busy[np.isfinite(mt.busy)] for mt in mats]))
@@ -117,6 +184,10 @@ def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
     s_inf, b_inf = _dp(mats, _INF)
     if b_inf is None:
         return None
+    tail_lb = _tail_lower_bound(mats)
+    if m == 1:  # no max term: the unconstrained shortest path is optimal for the pipeline
+        return _finish(mats, [b_inf], m, pipe_lb=s_inf, tail_lb=tail_lb, tried=1,
+                       scan_complete=True)
     # Smallest feasible threshold (binary search over the finite values).
     lo, hi = 0, values.size - 1
     while lo < hi:
@@ -126,43 +197,46 @@ def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
             hi = mid
         else:
             lo = mid + 1
-    m_min = float(values[lo])
-    if m == 1:  # no max term: the unconstrained shortest path is optimal
-        obj, _ = _evaluate(mats, b_inf, m)
-        rec = tuple(bool(mt.recompute[b_inf[s], b_inf[s + 1]]) for s, mt in enumerate(mats))
-        return SplitResult(bounds=tuple(b_inf), recompute=rec, objective=obj,
-                           lower_bound=obj, thresholds_tried=1, exact=True)
-    relaxed = s_inf + (m - 1) * m_min
-    if relaxed >= upper_bound:
+    relaxed = s_inf + (m - 1) * float(values[lo])
+    if relaxed + tail_lb >= upper_bound:
         return None
-    best_obj, best_bounds = _INF, None
+    splits: list[list[int]] = []
+    best_full = _INF
+    best_pipe = _INF
     tried = 0
-    k = lo
-    exact = True
-    lower = relaxed
-    while k < values.size:
+    complete = True
+    for k in range(lo, values.size):
         thr = float(values[k])
-        if m > 1 and s_inf + (m - 1) * thr >= best_obj:
+        floor = s_inf + (m - 1) * thr
+        if floor >= best_pipe and floor + tail_lb >= best_full:
             break
         if tried >= max_thresholds:
-            exact = False
-            lower = min(best_obj, s_inf + (m - 1) * thr)
+            complete = False
+            best_pipe = min(best_pipe, floor)
             break
-        val, bounds = _dp(mats, thr)
+        _, bounds = _dp(mats, thr)
         tried += 1
-        if bounds is not None:
-            obj, actual_max = _evaluate(mats, bounds, m)
-            if obj < best_obj - 1e-15:
-                best_obj, best_bounds = obj, bounds
-            # Thresholds between actual_max and thr give the same partition: skip them.
-            k = max(k + 1, int(np.searchsorted(values, thr, side="right")))
-        else:
-            k += 1
-    if best_bounds is None:
+        if bounds is None:
+            continue
+        splits.append(bounds)
+        best_pipe = min(best_pipe, _pipeline_part(mats, bounds, m))
+        best_full = min(best_full, _evaluate(mats, bounds, m)[0])
+    if not splits:
         return None
-    if exact:
-        lower = best_obj
+    return _finish(mats, splits, m, pipe_lb=best_pipe, tail_lb=tail_lb, tried=tried,
+                   scan_complete=complete)
+
+
+def _finish(mats: Sequence[StageMatrices], splits: list[list[int]], m: int, *, pipe_lb: float,
+            tail_lb: float, tried: int, scan_complete: bool, polish: bool = True
+            ) -> SplitResult:
+    scored = sorted(((_evaluate(mats, b, m)[0], b) for b in splits), key=lambda x: x[0])
+    best_obj, best_bounds = scored[0]
+    if polish:
+        best_obj, best_bounds = _polish(mats, list(best_bounds), m, best_obj)
+    lower = min(best_obj, pipe_lb + tail_lb)
     rec = tuple(bool(mt.recompute[best_bounds[s], best_bounds[s + 1]])
                 for s, mt in enumerate(mats))
     return SplitResult(bounds=tuple(best_bounds), recompute=rec, objective=best_obj,
-                       lower_bound=lower, thresholds_tried=tried, exact=exact)
+                       lower_bound=lower, thresholds_tried=tried,
+                       exact=scan_complete and lower >= best_obj - 1e-12)

@@ -1,0 +1,225 @@
+"""The profiler on the CPU: end to end on a tiny model, the store, and the measured provider.
+
+Timing on a shared CI machine is noisy, so timing checks are structural (positive, finite,
+ordered by the work they do, same order of magnitude on a rerun); memory, which is
+deterministic, is checked tightly against ingestion's estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from autosplit.chips.spec import ChipSpec
+from autosplit.cli import main
+from autosplit.errors import BadInputError
+from autosplit.model.ingest import ingest_model
+from autosplit.profiler.calibrate import calibrated_chip
+from autosplit.profiler.capture import LinearShape
+from autosplit.profiler.chip_bench import BenchResult, ChipBenchSettings, run_chip_bench
+from autosplit.profiler.device import open_device
+from autosplit.profiler.layer_bench import ProfileSettings, profile_model
+from autosplit.profiler.provider import MeasuredCosts, cost_provider_for, interpolate
+from autosplit.profiler.store import ProfileRow, read_rows, write_rows
+from autosplit.profiler.tp_estimate import shard_linear
+from autosplit.protocols.cost import LayerTiming
+
+GPT = str(Path(__file__).resolve().parents[1] / "experiments" / "models" / "gpt.py")
+ARGS = {"size": "tiny", "layers": "2"}
+SEQ = 32
+CHIP = "cpu-test"
+
+
+def _chip(name: str = CHIP) -> ChipSpec:
+    return ChipSpec(name=name, vendor="test", tflops_bf16=1.0, tflops_fp16=1.0,
+                    tflops_fp32=0.5, memory_gb=16, memory_bw_gbs=20, intra_node_link="pcie",
+                    intra_node_bw_gbs=10, collective_library="gloo")
+
+
+@pytest.fixture(scope="module")
+def ingested():
+    return ingest_model(GPT, model_args=ARGS, seq_len=SEQ, dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory, ingested) -> Path:
+    """One CLI run on the CPU: 3 unit kinds x 2 micro-batches x 2 TP degrees."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("prof") / CHIP / "measured" / "gpt.csv"
+    code = main(["profile", GPT, "--device", "cpu", "--chip", CHIP, "--micro-batch", "1,4",
+                 "--tp", "1,2", "--seq-len", str(SEQ), "--dtype", "fp32", "--model-arg",
+                 "size=tiny", "--model-arg", "layers=2", "--repeats", "5", "--warmup", "1",
+                 "--threads", "1", "-o", str(out)])
+    assert code == 0
+    return out
+
+
+def test_profile_file_validates_and_has_every_kind(profiled: Path, ingested) -> None:
+    rows = read_rows(profiled)
+    kinds = {u.layer_kind for u in ingested.layers}
+    assert {r.layer_kind for r in rows} == kinds
+    assert len(rows) == len(kinds) * 2 * 2
+    for row in rows:
+        assert row.chip == CHIP and row.seq_len == SEQ and row.dtype == "fp32"
+        assert row.fwd_s > 0 and row.bwd_s > 0 and row.recompute_bwd_s > 0
+        assert row.repeats == 5 and "autosplit profile" in row.command and row.date
+        assert row.model_fingerprint == ingested.fingerprint
+    methods = {r.unit: r.method for r in rows if r.tp == 1}
+    assert methods["blocks.0"] == "direct"
+    assert methods["post"] == "chain"  # ln_f then head reproduce the model's output
+    assert methods["pre"] == "hollow-minus-post"  # wte(ids) + wpe(pos) is not a chain
+    assert all(r.method.endswith("+linear-shards") for r in rows if r.tp == 2)
+
+
+def test_measured_activation_memory_matches_ingestion(profiled: Path, ingested) -> None:
+    rows = [r for r in read_rows(profiled) if r.tp == 1]
+    by_unit = {u.name: u for u in ingested.layers}
+    for row in rows:
+        estimate = by_unit[row.unit].activation_bytes * row.micro_batch
+        if row.unit in ("blocks.0", "post"):
+            assert row.activation_bytes == pytest.approx(estimate, rel=0.05), row.unit
+        assert row.activation_bytes > 0
+    assert all(math.isnan(r.activation_bytes) for r in read_rows(profiled) if r.tp == 2)
+
+
+def test_more_work_takes_longer(profiled: Path) -> None:
+    rows = {(r.unit, r.micro_batch, r.tp): r for r in read_rows(profiled)}
+    small, large = rows[("blocks.0", 1, 1)], rows[("blocks.0", 4, 1)]
+    # Four times the tokens: the sum of the three phases must grow (loose: noise-tolerant).
+    assert (large.fwd_s + large.bwd_s + large.recompute_bwd_s
+            > small.fwd_s + small.bwd_s + small.recompute_bwd_s)
+    assert large.activation_bytes == pytest.approx(4 * small.activation_bytes, rel=0.01)
+
+
+def test_provider_uses_measured_rows_and_falls_back(profiled: Path, ingested) -> None:
+    costs = cost_provider_for(model=ingested, chips=[CHIP], extra_dirs=[profiled.parents[2]])
+    block = ingested.layers[1]
+    timing = costs.layer_timing(block, _chip(), micro_batch=4, tp=1, dtype="fp32")
+    row = next(r for r in read_rows(profiled)
+               if r.unit == "blocks.0" and r.micro_batch == 4 and r.tp == 1)
+    assert timing.source == "measured"
+    assert timing.fwd_s == pytest.approx(row.fwd_s)
+    assert timing.bwd_s == pytest.approx(row.bwd_s)
+    assert timing.recompute_s == pytest.approx(max(row.recompute_bwd_s - row.bwd_s, 0.0))
+    # Every block shares the kind measured on blocks.0.
+    assert costs.layer_timing(ingested.layers[2], _chip(), micro_batch=4, tp=1,
+                              dtype="fp32").fwd_s == pytest.approx(row.fwd_s)
+    # Another chip, dtype, TP degree or layer kind: the analytic roofline.
+    assert costs.layer_timing(block, _chip("other"), micro_batch=4, tp=1,
+                              dtype="fp32").source == "analytic"
+    assert costs.layer_timing(block, _chip(), micro_batch=4, tp=1,
+                              dtype="bf16").source == "analytic"
+    assert costs.layer_timing(block, _chip(), micro_batch=4, tp=8,
+                              dtype="fp32").source == "analytic"
+    other = type(block)(**{**block.__dict__, "layer_kind": "unmeasured", "name": "x"})
+    assert costs.layer_timing(other, _chip(), micro_batch=4, tp=1,
+                              dtype="fp32").source == "analytic"
+
+
+def test_profiling_twice_agrees_loosely(ingested) -> None:
+    torch.set_num_threads(1)
+    settings = ProfileSettings(micro_batches=(4,), tps=(1,), seq_len=SEQ, dtype="fp32",
+                               repeats=7, warmup=2)
+    runs = [profile_model(GPT, model_args=ARGS, settings=settings, handle=open_device("cpu"),
+                          chip=CHIP, command="test", profile=ingested) for _ in range(2)]
+    first, second = ({r.unit: r for r in rows} for rows in runs)
+    for unit, a in first.items():
+        b = second[unit]
+        assert a.activation_bytes == b.activation_bytes  # memory is exact
+        if unit == "blocks.0":  # timing: same order of magnitude on a shared machine
+            ratio = (a.fwd_s + a.bwd_s) / (b.fwd_s + b.bwd_s)
+            assert 0.2 < ratio < 5.0
+
+
+def test_interpolation_across_micro_batches() -> None:
+    points = [(1, 1.0), (4, 2.5)]
+    assert interpolate(points, 1) == 1.0
+    assert interpolate(points, 2) == pytest.approx(1.5)
+    assert interpolate(points, 3) == pytest.approx(2.0)
+    assert interpolate(points, 8) == pytest.approx(5.0)  # proportional beyond the range
+    assert interpolate([(2, 1.0), (4, 2.0)], 1) == pytest.approx(0.5)
+
+
+def _row(mb: int, fwd: float, *, kind: str = "k", tp: int = 1, chip: str = CHIP) -> ProfileRow:
+    return ProfileRow(chip=chip, model_fingerprint="", layer_kind=kind, unit="blocks.0",
+                      seq_len=SEQ, micro_batch=mb, tp=tp, dtype="fp32", fwd_s=fwd,
+                      bwd_s=2 * fwd, recompute_bwd_s=3 * fwd, activation_bytes=1.0,
+                      peak_bwd_bytes=2.0, repeats=3, spread=0.0, method="direct", device="x",
+                      command="c", date="d")
+
+
+def test_measured_costs_interpolate(ingested) -> None:
+    layer = type(ingested.layers[1])(**{**ingested.layers[1].__dict__, "layer_kind": "k"})
+    costs = MeasuredCosts([_row(1, 1.0), _row(4, 2.5)], seq_len=SEQ)
+    timing = costs.layer_timing(layer, _chip(), micro_batch=2, tp=1, dtype="fp32")
+    assert timing == LayerTiming(fwd_s=pytest.approx(1.5), bwd_s=pytest.approx(3.0),
+                                 recompute_s=pytest.approx(1.5), source="measured")
+    assert costs.layer_timing(layer, _chip(), micro_batch=8, tp=1,
+                              dtype="fp32").fwd_s == pytest.approx(5.0)
+
+
+def test_store_round_trip_and_validation(tmp_path: Path) -> None:
+    path = write_rows([_row(2, 1.0), _row(1, 0.5)], tmp_path / "p.csv")
+    rows = read_rows(path)
+    assert [r.micro_batch for r in rows] == [1, 2]  # sorted for stable diffs
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temp file
+    text = path.read_text()
+    for bad, column in ((text.replace(",fp32,", ",fp8,"), "dtype"),
+                        (text.replace(",0.5,", ",-0.5,", 1), "fwd_s")):
+        broken = tmp_path / f"bad-{column}.csv"
+        broken.write_text(bad)
+        with pytest.raises(BadInputError) as err:
+            read_rows(broken)
+        assert err.value.field == column
+    missing = tmp_path / "missing.csv"
+    missing.write_text("chip,layer_kind\nx,y\n")
+    with pytest.raises(BadInputError, match="missing column"):
+        read_rows(missing)
+
+
+def test_tp_sharding_rule() -> None:
+    wide = LinearShape(rows=8, in_features=64, out_features=256, bias=True)
+    narrow = LinearShape(rows=8, in_features=256, out_features=64, bias=True)
+    assert shard_linear(wide, 4).out_features == 64 and shard_linear(wide, 4).in_features == 64
+    assert shard_linear(narrow, 4).in_features == 64 and shard_linear(narrow, 4).out_features == 64
+    assert shard_linear(wide, 1) == wide
+
+
+def test_chip_bench_and_calibration() -> None:
+    handle = open_device("cpu")
+    settings = ChipBenchSettings(gemm_sizes=(64, 128), gemm_dtypes=("fp32",),
+                                 copy_bytes=1 << 20, host_copy_bytes=0, repeats=3, warmup=1)
+    results = run_chip_bench(handle, chip=CHIP, settings=settings, command="test")
+    assert [r.benchmark for r in results] == ["gemm", "gemm", "copy"]
+    assert all(r.rate > 0 and r.seconds > 0 for r in results)
+
+    def bench(kind: str, rate: float) -> BenchResult:
+        return BenchResult(chip="X", benchmark=kind, dtype="bf16", size=8192, seconds=1.0,
+                           rate=rate, unit="", repeats=3, spread=0.0, device="Dev",
+                           command="cmd", date="today")
+
+    measured = [bench("gemm", 500.0), bench("copy", 3000.0), bench("h2d", 50.0),
+                bench("d2h", 40.0)]
+    base = {"name": "X", "tflops_bf16": 1000.0, "memory_bw_gbs": 4000.0,
+            "compute_efficiency": 0.9}
+    chip = calibrated_chip(measured, chip="X", base=base, command="cmd")
+    assert chip["compute_efficiency"] == pytest.approx(0.5)
+    assert chip["memory_efficiency"] == pytest.approx(0.75)
+    assert chip["host_bw_gbs"] == pytest.approx(40.0)
+    assert chip["provenance"]["compute_efficiency"]["confidence"] == "measured"
+    assert "cmd" in chip["provenance"]["compute_efficiency"]["source"]
+    fresh = calibrated_chip(measured, chip="X", base=None, command="cmd")
+    assert fresh["tflops_bf16"] == pytest.approx(500.0) and fresh["compute_efficiency"] == 1.0
+
+
+def test_bad_cli_input_is_a_clean_error(tmp_path: Path) -> None:
+    out = tmp_path / "x.csv"
+    assert main(["profile", GPT, "--micro-batch", "a", "-o", str(out)]) == 2
+    assert main(["profile", GPT, "--device", "nosuchdevice", "-o", str(out)]) == 2
+    assert main(["profile", str(tmp_path / "missing.py"), "-o", str(out)]) == 2
+    assert not out.exists()
+    with pytest.raises(BadInputError):
+        open_device("cuda:99") if not torch.cuda.is_available() else open_device("bogus")
