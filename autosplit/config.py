@@ -53,6 +53,9 @@ class SearchConfig:
     """How the search explores the tree. Defaults aim at seconds on a laptop."""
 
     time_limit_s: float = 60.0
+    #: Exact level-2 solves before the search stops with the best plan so far. Unlike the
+    #: wall-clock limit this budget is deterministic: the same inputs give the same plan.
+    max_solves: int = 2000
     #: Micro-batch sizes (samples per data-parallel replica) the search may choose.
     micro_batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
     #: Upper bound on pipeline depth; 0 means "as many stages as layers allow".

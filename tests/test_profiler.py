@@ -85,13 +85,11 @@ def test_measured_activation_memory_matches_ingestion(profiled: Path, ingested) 
     assert all(math.isnan(r.activation_bytes) for r in read_rows(profiled) if r.tp == 2)
 
 
-def test_more_work_takes_longer(profiled: Path) -> None:
+def test_activation_memory_scales_with_micro_batch(profiled: Path) -> None:
     rows = {(r.unit, r.micro_batch, r.tp): r for r in read_rows(profiled)}
     small, large = rows[("blocks.0", 1, 1)], rows[("blocks.0", 4, 1)]
-    # Four times the tokens: the sum of the three phases must grow (loose: noise-tolerant).
-    assert (large.fwd_s + large.bwd_s + large.recompute_bwd_s
-            > small.fwd_s + small.bwd_s + small.recompute_bwd_s)
     assert large.activation_bytes == pytest.approx(4 * small.activation_bytes, rel=0.01)
+    assert large.peak_bwd_bytes > small.peak_bwd_bytes
 
 
 def test_provider_uses_measured_rows_and_falls_back(profiled: Path, ingested) -> None:
@@ -119,19 +117,25 @@ def test_provider_uses_measured_rows_and_falls_back(profiled: Path, ingested) ->
                               dtype="fp32").source == "analytic"
 
 
-def test_profiling_twice_agrees_loosely(ingested) -> None:
+def test_profiling_twice_agrees_loosely() -> None:
     torch.set_num_threads(1)
-    settings = ProfileSettings(micro_batches=(4,), tps=(1,), seq_len=SEQ, dtype="fp32",
-                               repeats=7, warmup=2)
+    seq = 64
+    model = ingest_model(GPT, model_args=ARGS, seq_len=seq, dtype="fp32")
+    settings = ProfileSettings(micro_batches=(1, 8), tps=(1,), seq_len=seq, dtype="fp32",
+                               repeats=5, warmup=2)
     runs = [profile_model(GPT, model_args=ARGS, settings=settings, handle=open_device("cpu"),
-                          chip=CHIP, command="test", profile=ingested) for _ in range(2)]
-    first, second = ({r.unit: r for r in rows} for rows in runs)
-    for unit, a in first.items():
-        b = second[unit]
-        assert a.activation_bytes == b.activation_bytes  # memory is exact
-        if unit == "blocks.0":  # timing: same order of magnitude on a shared machine
-            ratio = (a.fwd_s + a.bwd_s) / (b.fwd_s + b.bwd_s)
-            assert 0.2 < ratio < 5.0
+                          chip=CHIP, command="test", profile=model) for _ in range(2)]
+    first, second = ({(r.unit, r.micro_batch): r for r in rows} for rows in runs)
+    assert first.keys() == second.keys()
+    for key, a in first.items():
+        assert a.activation_bytes == second[key].activation_bytes  # memory is exact
+    for rows in (first, second):
+        # Eight times the tokens: more time, by a margin far above the noise of a busy machine.
+        small, large = rows[("blocks.0", 1)], rows[("blocks.0", 8)]
+        assert (large.fwd_s + large.bwd_s + large.recompute_bwd_s
+                > small.fwd_s + small.bwd_s + small.recompute_bwd_s)
+    a, b = first[("blocks.0", 8)], second[("blocks.0", 8)]
+    assert 0.1 < (a.fwd_s + a.bwd_s) / (b.fwd_s + b.bwd_s) < 10.0  # same order of magnitude
 
 
 def test_interpolation_across_micro_batches() -> None:

@@ -77,7 +77,7 @@ def _reference(steps: int, *, global_batch: int, micro_batches: int
                         batch.targets.chunk(micro_batches), strict=True):
             loss = default_loss(model(x), y)
             (loss / micro_batches).backward()
-            total += float(loss)
+            total += loss.detach().item()
         losses.append(total / micro_batches)
         opt.step()
     named = list(model.model.named_parameters())
@@ -118,8 +118,12 @@ def test_split_pipeline_with_recompute_matches_unsplit_training(tmp_path: Path) 
     assert set(params) == set(ref_params)
     for name, ref in ref_grads.items():
         torch.testing.assert_close(grads[name], ref, rtol=1e-4, atol=1e-6, msg=name)
+    # Adam divides by the gradient's magnitude, so where the true gradient is zero (e.g. the
+    # key bias, which softmax ignores) rounding noise decides the update; compare elsewhere.
     for name, ref in ref_params.items():
-        torch.testing.assert_close(params[name], ref, rtol=1e-5, atol=1e-6, msg=name)
+        live = ref_grads[name].abs() > 1e-7
+        torch.testing.assert_close(params[name][live], ref[live], rtol=1e-5, atol=1e-6,
+                                   msg=name)
 
 
 def test_stage_builder_allocates_only_owned_units() -> None:
@@ -142,7 +146,7 @@ def _run_code(tmp_path: Path, plan: str, *extra: str) -> int:
 
 
 @pytest.mark.parametrize("edit, needle", [
-    (lambda d: d["stages"][1].update(layer_start=3), "covers units"),
+    (lambda d: d["stages"][1].update(layer_start=4, layer_names=UNITS[4:]), "covers units"),
     (lambda d: d["stages"][1].update(layer_end=5), "the model has 6 units"),
     (lambda d: d.update(schedule="interleaved"), "not supported"),
     (lambda d: d["stages"][0].update(tp=2), "tensor parallelism"),

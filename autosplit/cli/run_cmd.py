@@ -73,6 +73,9 @@ def run(
                                 help="Where to write the measurements."),
     timeout: float | None = typer.Option(None, "--timeout", help="Give up after this many s."),
     as_json: bool = typer.Option(False, "--json", help="Print the measured JSON."),
+    attention_backend: str = typer.Option(
+        "", "--attention-backend", help="Restrict scaled-dot-product attention to one "
+        "backend: math | flash | efficient | cudnn (default: PyTorch's choice)."),
     dump_params: str = typer.Option("", "--dump-params", hidden=True,
                                      help="Save each stage's parameters here after the run."),
 ) -> None:
@@ -86,7 +89,7 @@ def run(
         model_args=parse_model_args(model_arg), steps=steps, warmup=warmup, device=device,
         backend=backend, cuda_devices=_parse_cuda_devices(cuda_devices),
         rank_env=_parse_rank_env(rank_env), seed=seed, output=str(output),
-        dump_params_dir=dump_params)
+        dump_params_dir=dump_params, attention_backend=attention_backend)
     config, world = prepare_run(request)
     console = Console()
     if not under_torchrun() and not as_json:
@@ -106,6 +109,9 @@ def run(
         table.add_row(str(r.rank), str(r.stage), r.device_name, f"{r.params:,}",
                       _gb(r.peak_memory_bytes))
     console.print(table)
+    for r in measured.ranks:
+        for note in r.notes:
+            console.print(f"[yellow]rank {r.rank}:[/] {note}")
     loss = (f", loss {measured.loss[0]:.4f} -> {measured.loss[-1]:.4f}" if measured.loss
             else "")
     console.print(f"median step {measured.median_step_s * 1e3:.1f} ms, "

@@ -185,10 +185,11 @@ def range_tail(ctx: StageContext, i, j):
     grad_bytes = params * tr.dtype_bytes
     dp = ctx.shape.dp
     link = ctx.dp_link
-    dp_time = np.vectorize(lambda g: allreduce_time(g, dp, bw_gbs=link.bw_gbs,
-                                                    latency_s=link.latency_s),
-                           otypes=[float])(grad_bytes) if np.ndim(grad_bytes) else \
-        allreduce_time(float(grad_bytes), dp, bw_gbs=link.bw_gbs, latency_s=link.latency_s)
+    if dp > 1:  # ring all-reduce, as ``comm.allreduce_time`` (vectorised over ranges)
+        dp_time = np.where(grad_bytes > 0, 2.0 * (dp - 1) / dp * grad_bytes / (link.bw_gbs * 1e9)
+                           + 2.0 * (dp - 1) * link.latency_s, 0.0)
+    else:
+        dp_time = np.zeros_like(np.asarray(grad_bytes, dtype=float))
     moved = OPTIMIZER_BYTES_MOVED[tr.dtype]
     if tr.zero1 and dp > 1:
         moved = 2 * tr.dtype_bytes + (moved - 2 * tr.dtype_bytes) / dp

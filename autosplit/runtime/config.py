@@ -63,6 +63,8 @@ class RunConfig:
     dump_params_dir: str = ""
     #: Compute dtype override ("fp32" on the CPU, else the plan's dtype).
     dtype: str = "bf16"
+    #: Restrict scaled-dot-product attention to one backend ("" = PyTorch's choice).
+    attention_backend: str = ""
 
     def to_json(self) -> str:
         d = asdict(self)

@@ -29,7 +29,8 @@ class Batch:
 
 
 def _rows(t: Any, start: int, stop: int) -> Any:
-    return t[start:stop] if isinstance(t, torch.Tensor) else t
+    # Contiguous: the pipeline checks strides against the boundary shapes it was given.
+    return t[start:stop].contiguous() if isinstance(t, torch.Tensor) else t
 
 
 def step_batch(source: ModelSource, *, step: int, seed: int, global_batch: int, seq_len: int,

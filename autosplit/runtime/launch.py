@@ -23,6 +23,9 @@ from autosplit.runtime.checks import check_model, check_plan_shape, choose_devic
 from autosplit.runtime.config import RankLayout, RunConfig
 from autosplit.runtime.measure import MeasuredRun, load_measured
 
+#: Values of --attention-backend (kept here so the launcher need not import the pipeline).
+ATTENTION_BACKENDS: tuple[str, ...] = ("math", "flash", "efficient", "cudnn")
+
 __all__ = ["RunRequest", "prepare_run", "launch", "under_torchrun"]
 
 
@@ -42,6 +45,7 @@ class RunRequest:
     seed: int = 0
     output: str = "measured.json"
     dump_params_dir: str = ""
+    attention_backend: str = ""
 
 
 def under_torchrun() -> bool:
@@ -71,6 +75,10 @@ def prepare_run(request: RunRequest) -> tuple[RunConfig, int]:
         raise BadInputError(f"--rank-env names rank(s) {bad}; the plan has ranks "
                             f"0..{layout.world_size - 1}", field="--rank-env",
                             fix="use RANK:NAME=VALUE with an existing rank")
+    if request.attention_backend and request.attention_backend not in ATTENTION_BACKENDS:
+        raise BadInputError(f"unknown attention backend '{request.attention_backend}'",
+                            field="--attention-backend",
+                            fix="use one of: " + ", ".join(ATTENTION_BACKENDS))
     dtype = plan.model.dtype if choice.device == "cuda" else "fp32"
     config = RunConfig(
         plan_path=os.path.abspath(request.plan_path),
@@ -79,7 +87,8 @@ def prepare_run(request: RunRequest) -> tuple[RunConfig, int]:
         backend=choice.backend, cpu_relay=choice.cpu_relay, cuda_devices=choice.cuda_devices,
         rank_env=rank_env, seed=request.seed,
         output=os.path.abspath(request.output) if request.output else "",
-        dump_params_dir=request.dump_params_dir, dtype=dtype)
+        dump_params_dir=request.dump_params_dir, dtype=dtype,
+        attention_backend=request.attention_backend)
     return config, layout.world_size
 
 
@@ -113,6 +122,7 @@ def _spawn_local(config: RunConfig, world_size: int, *, timeout_s: float | None)
         with open(cfg_path, "w") as fh:
             fh.write(config.to_json())
         port = _free_port()
+        threads = max(1, (os.cpu_count() or 1) // world_size)
         procs: list[subprocess.Popen[bytes]] = []
         logs: list[str] = []
         try:
@@ -121,7 +131,7 @@ def _spawn_local(config: RunConfig, world_size: int, *, timeout_s: float | None)
                 env.update({"RANK": str(rank), "WORLD_SIZE": str(world_size),
                             "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world_size),
                             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")})
+                            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", str(threads))})
                 env.update(config.rank_env.get(rank, {}))
                 log = os.path.join(tmp, f"rank{rank}.log")
                 logs.append(log)

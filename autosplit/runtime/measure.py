@@ -46,6 +46,8 @@ class RankResult:
     step_times_s: tuple[float, ...]
     losses: tuple[float, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    #: Health checks of the first step (non-finite parameters or activations, where).
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,8 @@ def load_measured(path: str) -> MeasuredRun:
                             fix="pass the file written by `autosplit run -o`")
     try:
         ranks = tuple(RankResult(**{**r, "step_times_s": tuple(r["step_times_s"]),
-                                    "losses": tuple(r.get("losses", ()))})
+                                    "losses": tuple(r.get("losses", ())),
+                                    "notes": tuple(r.get("notes", ()))})
                       for r in d["ranks"])
         fields = {k: v for k, v in d.items() if k != "ranks"}
         fields["step_times_s"] = tuple(fields["step_times_s"])

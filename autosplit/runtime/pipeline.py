@@ -13,6 +13,7 @@ equal shares) averages each stage's gradients over its replicas after the schedu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -84,9 +85,22 @@ def _boundary_metas(source: ModelSource, *, plan: Plan, stage_index: int, micro_
         current = out if isinstance(out, tuple) else (out,)
     # Activations carry gradients back across the boundary; the pipeline reads that from here.
     def mark(ts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return tuple(t.detach().requires_grad_(t.is_floating_point()) for t in ts)
+        return tuple(t.detach().contiguous().requires_grad_(t.is_floating_point()) for t in ts)
 
     return mark(stage_inputs), mark(current)
+
+
+_SDPA_BACKENDS = {"math": "MATH", "flash": "FLASH_ATTENTION",
+                  "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION"}
+
+
+def _attention(backend: str) -> Any:
+    """Restrict ``scaled_dot_product_attention`` to one backend for forward and backward."""
+    if not backend:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, _SDPA_BACKENDS[backend]))
 
 
 def _sync(device: torch.device) -> None:
@@ -147,11 +161,16 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
         pipe_stage = PipelineStage(stage, stage_index, plan.num_stages, comm_device,
                                    input_args=in_meta, output_args=out_meta,
                                    group=pp_groups[replica])
+        stage.to(device)  # some releases move the module to the stage's (host) device
         # Every rank passes the loss: the schedule runs backward only when it has one.
         schedule = _SCHEDULES[plan.schedule](pipe_stage, plan.micro_batch_count,
                                              loss_fn=_make_loss(source, autocast, device))
         params = [p for p in stage.parameters() if p.requires_grad]
         optimizer = make_optimizer(params)
+        notes: list[str] = []
+        bad = [n for n, p in stage.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            notes.append(f"{len(bad)} parameter(s) not finite after initialisation: {bad[:3]}")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
@@ -167,16 +186,18 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
             optimizer.zero_grad(set_to_none=True)
             _sync(device)
             dist.barrier(group=barrier_group)
+            stage.check_finite = step == 0
             start = time.perf_counter()
-            if stage_index == 0:
-                schedule.step(*(t.to(comm_device) for t in batch.inputs))
-            elif is_last:
-                mb_losses: list[torch.Tensor] = []
-                schedule.step(target=batch.targets.to(device), losses=mb_losses)
-                losses.append(float(torch.stack([x.detach().float() for x in mb_losses])
-                                    .mean().cpu()))
-            else:
-                schedule.step()
+            with _attention(config.attention_backend):
+                if stage_index == 0:
+                    schedule.step(*(t.to(comm_device) for t in batch.inputs))
+                elif is_last:
+                    mb_losses: list[torch.Tensor] = []
+                    schedule.step(target=batch.targets.to(device), losses=mb_losses)
+                    losses.append(float(torch.stack([x.detach().float() for x in mb_losses])
+                                        .mean().cpu()))
+                else:
+                    schedule.step()
             if dp_groups:
                 for p in params:
                     if p.grad is not None:
@@ -186,6 +207,14 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
             _sync(device)
             dist.barrier(group=barrier_group)
             step_times.append(time.perf_counter() - start)
+            if step == 0 and stage.first_nonfinite is not None:
+                notes.append(f"first step: output of {stage.first_nonfinite} is not finite")
+            if step == 0:
+                bad_grads = [n for n, p in stage.model.named_parameters()
+                             if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+                if bad_grads:
+                    notes.append(f"first step: {len(bad_grads)} gradient(s) not finite: "
+                                 f"{bad_grads[:3]}")
 
         if device.type == "cuda":
             peak: int | None = int(torch.cuda.max_memory_allocated(device))
@@ -205,7 +234,8 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
                             device_name=device_name(device), peak_memory_bytes=peak,
                             peak_reserved_bytes=reserved, memory_kind=kind,
                             params=sum(p.numel() for p in params),
-                            step_times_s=tuple(step_times), losses=tuple(losses), env=env)
+                            step_times_s=tuple(step_times), losses=tuple(losses), env=env,
+                            notes=tuple(notes))
         gathered: list[Any] = [None] * world_size
         dist.all_gather_object(gathered, result, group=control)
         return list(gathered)

@@ -253,6 +253,10 @@ class StageModule(nn.Module):
         self.send_device: torch.device | None = None
         self.boundary_dtype: torch.dtype | None = None
         self.autocast_dtype: torch.dtype | None = None
+        #: While set, the forward records the first unit whose output is not finite (one
+        #: device sync per unit, so the runtime turns it on for the first step only).
+        self.check_finite = False
+        self.first_nonfinite: str | None = None
         # A view for the default pre forward: the model's own forward, no blocks, no post.
         replacements: dict[str, nn.Module] = {block_list: nn.ModuleList()}
         replacements.update({name: nn.Identity() for name in post_all})
@@ -279,18 +283,32 @@ class StageModule(nn.Module):
             hidden = self.model.get_submodule(name)(hidden)
         return hidden
 
+    def _note_nonfinite(self, where: str, value: Any) -> None:
+        if not self.check_finite or self.first_nonfinite is not None:
+            return
+        tensors = value if isinstance(value, tuple) else (value,)
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and \
+                    not bool(torch.isfinite(t.detach()).all()):
+                self.first_nonfinite = where
+                return
+
     def _compute(self, *inputs: Any) -> Any:
         if self.span.pre:
             hidden = self._run_pre(*inputs)
+            self._note_nonfinite("pre", hidden)
         else:
             hidden = inputs[0] if len(inputs) == 1 else inputs
+            self._note_nonfinite("stage input", hidden)
         for name in self.span.blocks:
             if self.recompute and torch.is_grad_enabled():
                 hidden = checkpoint(self._run_block, name, hidden, use_reentrant=False)
             else:
                 hidden = self._run_block(name, hidden)
+            self._note_nonfinite(name, hidden)
         if self.span.post:
             hidden = self._run_post(hidden)
+            self._note_nonfinite("post", hidden)
         return hidden
 
     def _to_boundary(self, out: Any) -> Any:

@@ -39,6 +39,7 @@ from autosplit.plan.schema import (
     StagePlan,
 )
 from autosplit.protocols.cost import LayerCostProvider
+from autosplit.search.bounds import memory_aware_bound, order_free_bound
 from autosplit.search.candidates import (
     Pool,
     PoolOption,
@@ -63,6 +64,42 @@ class TableCache:
         self.model, self.cluster, self.costs, self.training = model, cluster, costs, training
         self._tables: dict[tuple, StageTables] = {}
         self._unit: dict[tuple, np.ndarray] = {}
+        self._matrices: dict[tuple, object] = {}
+        self._shapes: dict[tuple, list[StageShape]] = {}
+        self._contexts: dict[tuple, object] = {}
+        self.bound_terms: dict[tuple, tuple] = {}
+
+    def shapes(self, pool: Pool, option: PoolOption, micro_batch_samples: int
+               ) -> list[StageShape]:
+        key = (pool.index, option, micro_batch_samples)
+        if key not in self._shapes:
+            self._shapes[key] = stage_shapes(pool, option, micro_batch_samples=micro_batch_samples)
+        return self._shapes[key]
+
+    def context(self, shapes: list[StageShape], s: int, micro_batches: int):
+        """Stage ``s`` of the pipeline ``shapes``, bound to its position and neighbours."""
+        prev = shapes[s - 1] if s > 0 else None
+        nxt = shapes[s + 1] if s + 1 < len(shapes) else None
+        key = (shapes[s], prev, nxt, s, len(shapes), micro_batches)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = make_context(cluster=self.cluster, shape=shapes[s],
+                               tables=self.tables(shapes[s]), index=s, num_stages=len(shapes),
+                               micro_batches=micro_batches, training=self.training,
+                               prev=prev, nxt=nxt)
+            self._contexts[key] = ctx
+        return ctx
+
+    def matrices(self, ctx, *, allow_recompute: bool):
+        """Range-cost matrices of a stage context; identical contexts (same tables, memory
+        position and links) recur across stages and candidates, so they are built once."""
+        key = (id(ctx.tables), ctx.in_flight, ctx.capacity, ctx.link_in, ctx.link_out,
+               ctx.share_in, ctx.share_out, ctx.dp_link, ctx.shape.dp, ctx.shape.tp,
+               ctx.shape.max_share, allow_recompute)
+        if key not in self._matrices:
+            self._matrices[key] = stage_matrices(ctx, self.model.num_layers,
+                                                 allow_recompute=allow_recompute)
+        return self._matrices[key]
 
     def tables(self, shape: StageShape) -> StageTables:
         node = self.cluster.node(shape.replicas[0].node)
@@ -85,6 +122,11 @@ class _Candidate:
     order_key: tuple = field(compare=True)
     options: tuple[PoolOption, ...] = field(compare=False, default=())
     micro_batches: int = field(compare=False, default=1)
+    #: True once ``bound`` is the memory-aware bound of this exact order.
+    strong: bool = field(compare=False, default=False)
+    base: float = field(compare=False, default=0.0)
+    #: Lower bound on the slowest stage's busy time (from the memory-aware bound).
+    slowest: float = field(compare=False, default=0.0)
 
 
 @dataclass
@@ -94,20 +136,6 @@ class _Solved:
     options: tuple[PoolOption, ...]
     micro_batches: int
     lower_bound: float
-
-
-def _lower_bound(unit_costs: list[np.ndarray], counts: list[int], m: int) -> float:
-    """Valid bound on ``Σu + (m−1)·max u`` for any contiguous split (see module docstring of
-    ``layer_split``): with ``w_k`` the cheapest cost of unit ``k`` on any stage and
-    ``r_s = min_k c_sk / w_k``, ``Σu ≥ W`` and ``max u ≥ W / Σ_s n_s / r_s``."""
-    stacked = np.vstack(unit_costs)
-    w = stacked.min(axis=0)
-    w_total = float(w.sum())
-    safe = np.where(w > 0, w, 1.0)
-    ratios = np.where(w > 0, stacked / safe, np.inf).min(axis=1)
-    ratios = np.where(np.isfinite(ratios), ratios, 1.0)
-    capacity = sum(n / r for n, r in zip(counts, ratios, strict=True))
-    return w_total + (m - 1) * w_total / capacity
 
 
 def _static_fits(model: ModelProfile, cluster: Cluster, pools: list[Pool],
@@ -137,32 +165,25 @@ def _build_stages(cache: TableCache, pools: list[Pool], options: tuple[PoolOptio
                   *, micro_batches: int, micro_batch_samples: int) -> list:
     shapes: list[StageShape] = []
     for opt in options:
-        shapes.extend(stage_shapes(pools[opt.pool], opt, micro_batch_samples=micro_batch_samples))
-    ctxs = []
-    for s, shape in enumerate(shapes):
-        ctxs.append(make_context(
-            cluster=cache.cluster, shape=shape, tables=cache.tables(shape), index=s,
-            num_stages=len(shapes), micro_batches=micro_batches, training=cache.training,
-            prev=shapes[s - 1] if s > 0 else None,
-            nxt=shapes[s + 1] if s + 1 < len(shapes) else None))
-    return ctxs
+        shapes.extend(cache.shapes(pools[opt.pool], opt, micro_batch_samples))
+    return [cache.context(shapes, s, micro_batches) for s in range(len(shapes))]
 
 
 def _solve(cache: TableCache, pools: list[Pool], options: tuple[PoolOption, ...], *,
            micro_batches: int, training: TrainingConfig, search: SearchConfig,
-           upper_bound: float) -> _Solved | None:
+           upper_bound: float, min_threshold: float = 0.0) -> _Solved | None:
     b_mb = training.global_batch // micro_batches
     ctxs = _build_stages(cache, pools, options, micro_batches=micro_batches,
                          micro_batch_samples=b_mb)
-    n_units = cache.model.num_layers
-    mats = [stage_matrices(c, n_units, allow_recompute=search.allow_recompute) for c in ctxs]
+    mats = [cache.matrices(c, allow_recompute=search.allow_recompute) for c in ctxs]
     if search.solver == "cpsat":
         from autosplit.search.layer_split_cpsat import solve_split_cpsat
 
         res = solve_split_cpsat(mats, micro_batches=micro_batches,
                                 time_limit_s=max(1.0, search.time_limit_s / 10))
     else:
-        res = solve_split(mats, micro_batches=micro_batches, upper_bound=upper_bound)
+        res = solve_split(mats, micro_batches=micro_batches, upper_bound=upper_bound,
+                          min_threshold=min_threshold)
     if res is None:
         return None
     stages = [StageAssignment(ctx=c, start=res.bounds[s], end=res.bounds[s + 1],
@@ -218,6 +239,7 @@ def search_plan(*, model: ModelProfile, cluster: Cluster, training: TrainingConf
             break
         subsets.extend(itertools.combinations(range(len(pools)), r))
     m_choices = divisors(training.global_batch)
+    blocks = np.array([layer.kind == "block" for layer in model.layers])
     max_share = max(search.micro_batch_sizes)
 
     heap: list[_Candidate] = []
@@ -247,10 +269,12 @@ def search_plan(*, model: ModelProfile, cluster: Cluster, training: TrainingConf
                         continue
                     shapes = [stage_shapes(pools[o.pool], o, micro_batch_samples=b_mb)[0]
                               for o in combo]
-                    lb = _lower_bound([cache.unit_costs(s) for s in shapes],
-                                      [o.num_stages for o in combo], m)
-                    key = (tuple((o.pool, o.stage_devices, o.tp) for o in combo), m)
-                    heapq.heappush(heap, _Candidate(lb, key, combo, m))
+                    costs_ = [cache.unit_costs(s) for s in shapes]
+                    lb = order_free_bound(costs_, [o.num_stages for o in combo], m, blocks)
+                    base = float(np.vstack(costs_).min(axis=0).sum())
+                    for order in sorted(set(itertools.permutations(combo))):
+                        key = (tuple((o.pool, o.stage_devices, o.tp) for o in order), m)
+                        heapq.heappush(heap, _Candidate(lb, key, order, m, False, base))
     say(f"level 1: {len(heap)} candidate shapes after pruning {sum(pruned.values())}")
 
     best: _Solved | None = None
@@ -260,37 +284,68 @@ def search_plan(*, model: ModelProfile, cluster: Cluster, training: TrainingConf
     timed_out = False
     open_bound = math.inf
     inexact_bound = math.inf
+    deferred: list[_Candidate] = []  # full-pool candidates pruned before one was solved
+
+    def visit(cand: _Candidate, heap_: list[_Candidate]) -> None:
+        """Tighten a candidate's bound (re-queue it) or solve it exactly."""
+        nonlocal best, best_all, explored, inexact_bound
+        if not cand.strong:
+            ctxs = _build_stages(cache, pools, cand.options, micro_batches=cand.micro_batches,
+                                 micro_batch_samples=training.global_batch // cand.micro_batches)
+            strong, cand.slowest = memory_aware_bound(
+                ctxs, model, cand.micro_batches, allow_recompute=search.allow_recompute,
+                base=cand.base, terms_cache=cache.bound_terms)
+            if not math.isfinite(strong):
+                pruned["memory"] += 1
+                return
+            cand.bound, cand.strong = max(strong, cand.bound), True
+            heapq.heappush(heap_, cand)
+            return
+        order = cand.options
+        explored += 1
+        full_pool = len(order) == len(pools)
+        ub = math.inf if best is None else best.iteration_s
+        if full_pool and best_all is not None:
+            ub = max(ub, best_all.iteration_s)
+        elif full_pool:
+            ub = math.inf
+        res = _solve(cache, pools, order, micro_batches=cand.micro_batches,
+                     training=training, search=search, upper_bound=ub,
+                     min_threshold=cand.slowest)
+        if res is None:
+            pruned["infeasible"] += 1
+            return
+        res.lower_bound = min(res.iteration_s, max(res.lower_bound, cand.bound))
+        kept.append(res)
+        if best is None or res.iteration_s < best.iteration_s - 1e-12:
+            best = res
+            say(f"best so far {res.iteration_s * 1e3:.1f} ms: "
+                f"{_describe(order, pools, cand.micro_batches)}")
+        if full_pool and (best_all is None or res.iteration_s < best_all.iteration_s):
+            best_all = res
+
     while heap:
         cand = heapq.heappop(heap)
-        if time.perf_counter() - t0 > search.time_limit_s:
+        if time.perf_counter() - t0 > search.time_limit_s or explored >= search.max_solves:
             timed_out = True
             open_bound = cand.bound
             break
         if best is not None and cand.bound >= best.iteration_s * (1 - 1e-9):
-            # Everything left has a bound at least this large; keep the full-pool search
-            # going only for the idle note.
-            if len(cand.options) == len(pools) or best_all is not None:
-                pruned["lower_bound"] += 1 + len(heap)
-                break
             pruned["lower_bound"] += 1
+            if len(cand.options) == len(pools) and best_all is None:
+                deferred.append(cand)
             continue
-        for order in sorted(set(itertools.permutations(cand.options))):
-            explored += 1
-            ub = math.inf if best is None else best.iteration_s * 1.5
-            res = _solve(cache, pools, order, micro_batches=cand.micro_batches,
-                         training=training, search=search, upper_bound=ub)
-            if res is None:
-                pruned["infeasible"] += 1
-                continue
-            kept.append(res)
-            inexact_bound = min(inexact_bound, res.lower_bound)
-            if best is None or res.iteration_s < best.iteration_s - 1e-12:
-                best = res
-                say(f"best so far {res.iteration_s * 1e3:.1f} ms: "
-                    f"{_describe(order, pools, cand.micro_batches)}")
-            if len(order) == len(pools) and (
-                    best_all is None or res.iteration_s < best_all.iteration_s):
-                best_all = res
+        visit(cand, heap)
+    # The plan may leave pools idle; find the best plan that uses every device so the plan
+    # can say what using them would cost.
+    heapq.heapify(deferred)
+    while deferred and best_all is None and not timed_out:
+        cand = heapq.heappop(deferred)
+        if time.perf_counter() - t0 > search.time_limit_s or explored >= search.max_solves:
+            break
+        visit(cand, deferred)
+    if best is not None:
+        inexact_bound = min([best.iteration_s] + [r.lower_bound for r in kept])
     if best is None:
         raise NoFeasiblePlanError(_explain_infeasible(model, cluster, training, pruned))
     elapsed = time.perf_counter() - t0
@@ -392,7 +447,8 @@ def build_plan(best: _Solved, *, pools: list[Pool], model: ModelProfile, cluster
         if best_all is not None:
             ratio = best_all.iteration_s / best.iteration_s
             shape = _describe(best_all.options, pools, best_all.micro_batches)
-            idle_note = (f"using every device ({shape}) predicts {best_all.iteration_s:.3f} s per iteration, "
+            idle_note = (f"using every device ({shape}) predicts "
+                         f"{best_all.iteration_s:.3f} s per iteration, "
                          f"{ratio:.2f}× the chosen plan's {best.iteration_s:.3f} s")
         else:
             idle_note = "no plan that uses every device fits in memory or the search space"

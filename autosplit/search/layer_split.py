@@ -18,7 +18,7 @@ reports the bound it can still prove (``lower_bound``), so the optimality gap is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -168,7 +168,8 @@ def _pipeline_part(mats: Sequence[StageMatrices], bounds: Sequence[int], m: int)
 
 
 def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
-                max_thresholds: int = 48, upper_bound: float = _INF) -> SplitResult | None:
+                max_thresholds: int = 48, upper_bound: float = _INF,
+                min_threshold: float = 0.0) -> SplitResult | None:
     """Best split of the units over the stages (see module docstring).
 
     The threshold scan is exact for the pipeline part; the tail is added by evaluating every
@@ -181,15 +182,24 @@ def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
     values = np.unique(np.concatenate([mt.busy[np.isfinite(mt.busy)] for mt in mats]))
     if values.size == 0:
         return None
+    full_mats = mats
+    # The first stage has no slack to hide its gradient all-reduce and optimizer step in, so
+    # the tail is at least its own tail. Charging it to the first stage's additive cost keeps
+    # the scan exact for ``pipeline + tail_0`` — a tight lower bound on the full objective.
+    first = mats[0]
+    mats = [replace(first, extra=first.extra + np.where(np.isfinite(first.busy[0]),
+                                                          first.tail[0], 0.0)), *mats[1:]]
     s_inf, b_inf = _dp(mats, _INF)
     if b_inf is None:
         return None
-    tail_lb = _tail_lower_bound(mats)
+    tail_lb = 0.0  # already inside the scanned objective (see above)
     if m == 1:  # no max term: the unconstrained shortest path is optimal for the pipeline
-        return _finish(mats, [b_inf], m, pipe_lb=s_inf, tail_lb=tail_lb, tried=1,
+        return _finish(full_mats, [b_inf], m, pipe_lb=s_inf, tail_lb=tail_lb, tried=1,
                        scan_complete=True)
-    # Smallest feasible threshold (binary search over the finite values).
-    lo, hi = 0, values.size - 1
+    # Smallest feasible threshold (binary search over the finite values, starting at a
+    # proven lower bound on the slowest stage when the caller has one).
+    lo, hi = int(np.searchsorted(values, min_threshold * (1 - 1e-9))), values.size - 1
+    lo = min(lo, hi)
     while lo < hi:
         mid = (lo + hi) // 2
         val, _ = _dp(mats, float(values[mid]))
@@ -220,10 +230,10 @@ def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
             continue
         splits.append(bounds)
         best_pipe = min(best_pipe, _pipeline_part(mats, bounds, m))
-        best_full = min(best_full, _evaluate(mats, bounds, m)[0])
+        best_full = min(best_full, _evaluate(full_mats, bounds, m)[0])
     if not splits:
         return None
-    return _finish(mats, splits, m, pipe_lb=best_pipe, tail_lb=tail_lb, tried=tried,
+    return _finish(full_mats, splits, m, pipe_lb=best_pipe, tail_lb=tail_lb, tried=tried,
                    scan_complete=complete)
 
 

@@ -115,7 +115,21 @@ def run_point(*, sweep: str, cluster: Path, devices: int, chip_types: int, layer
                  status="time limit" if s["timed_out"] else "complete")
 
 
-def markdown(points: list[Point]) -> str:
+def code_fingerprint() -> str:
+    """Commit plus a hash of the search and cost-model sources as they are on disk, so a
+    table can be matched to the code that produced it while that code is being changed."""
+    import hashlib
+    import subprocess
+
+    digest = hashlib.sha256()
+    for path in sorted([*REPO.glob("autosplit/search/*.py"), *REPO.glob("autosplit/cost/*.py")]):
+        digest.update(path.name.encode() + path.read_bytes())
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
+                          capture_output=True, check=False).stdout.strip() or "unknown"
+    return f"commit {head}, search+cost sources sha256 {digest.hexdigest()[:12]}"
+
+
+def markdown(points: list[Point], *, code: str) -> str:
     head = ("| sweep | model | devices | types | layers | batch | whole-process s | search s | "
             "peak MiB | level-1 candidates | solved | gap | status |\n"
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
@@ -123,7 +137,7 @@ def markdown(points: list[Point]) -> str:
             f"{p.global_batch} | "
             f"{p.wall_s:.1f} | {p.search_s:.1f} | {p.peak_mib:.0f} | {p.level1} | "
             f"{p.explored} | {p.gap:.1%} | {p.status} |" for p in points]
-    return head + "\n".join(rows) + "\n"
+    return head + "\n".join(rows) + f"\n\nMeasured on {code}.\n"
 
 
 _BEGIN, _END = "<!-- scaling table: begin -->", "<!-- scaling table: end -->"
@@ -164,7 +178,9 @@ def svg(points: list[Point]) -> str:
     parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="780" height="330" '
              'font-family="sans-serif" font-size="11">',
              '<rect width="100%" height="100%" fill="white"/>']
-    yr = (0.5, 2000.0)
+    import math
+
+    yr = (0.1, 2000.0)
     for k, (_, title, pts, xof) in enumerate(panels):
         if not pts:
             continue
@@ -175,8 +191,7 @@ def svg(points: list[Point]) -> str:
                      'stroke="#999"/>')
         parts.append(f'<text x="{x0 + w / 2}" y="{30 + h + 35}" text-anchor="middle">'
                      f'{title}</text>')
-        for val in (1, 10, 100, 1000):
-            import math
+        for val in (0.1, 1, 10, 100, 1000):
             y = 30 + h - h * (math.log10(val) - math.log10(yr[0])) / (
                 math.log10(yr[1]) - math.log10(yr[0]))
             parts.append(f'<line x1="{x0}" x2="{x0 + w}" y1="{y:.1f}" y2="{y:.1f}" '
@@ -189,13 +204,19 @@ def svg(points: list[Point]) -> str:
                          f'{int(x)}</text>')
         times = [p.wall_s for p in pts]
         mems = [p.peak_mib for p in pts]
+        found = [(x, p.search_s) for x, p in zip(xs, pts, strict=True)
+                 if math.isfinite(p.search_s) and p.search_s > 0]
         parts.append(_polyline(xs, times, x0=x0, y0=30, w=w, h=h, xr=xr, yr=yr,
                                color="#1f77b4"))
+        if found:
+            parts.append(_polyline([x for x, _ in found], [t for _, t in found], x0=x0, y0=30,
+                                   w=w, h=h, xr=xr, yr=yr, color="#2ca02c"))
         parts.append(_polyline(xs, mems, x0=x0, y0=30, w=w, h=h, xr=xr, yr=yr,
                                color="#d62728"))
     parts.append('<text x="60" y="18" fill="#1f77b4">whole-process time (s)</text>')
-    parts.append('<text x="240" y="18" fill="#d62728">peak RSS (MiB)</text>')
-    parts.append('<text x="380" y="18" fill="#555">log scales; time limit hits plotted at '
+    parts.append('<text x="210" y="18" fill="#2ca02c">search time (s)</text>')
+    parts.append('<text x="320" y="18" fill="#d62728">peak RSS (MiB)</text>')
+    parts.append('<text x="440" y="18" fill="#555">log scales; time-limit hits plotted at '
                  'the time they stopped</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
@@ -211,6 +232,7 @@ def main() -> int:
                         help="skip the 1,024-device four-type point")
     args = parser.parse_args()
     points: list[Point] = []
+    code = code_fingerprint()
     with tempfile.TemporaryDirectory() as tmp:
         def cluster_for(n: int) -> Path:
             path = Path(tmp) / f"three_vendor_{n}.yaml"
@@ -234,7 +256,9 @@ def main() -> int:
         writer = csv.DictWriter(fh, fieldnames=list(asdict(points[0])))
         writer.writeheader()
         writer.writerows(asdict(p) for p in points)
-    _write_table(HERE / "scaling.md", markdown(points))
+    if code_fingerprint() != code:
+        code += f" (changed during the run, now {code_fingerprint()})"
+    _write_table(HERE / "scaling.md", markdown(points, code=code))
     (HERE / "scaling.svg").write_text(svg(points))
     return 0
 
