@@ -98,8 +98,9 @@ def _dumped(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
 
 def test_split_pipeline_with_recompute_matches_unsplit_training(tmp_path: Path) -> None:
     steps = 2
-    # Uneven: embedding + 3 blocks with recomputation on one rank, 1 block + head on the other.
-    plan = _write(tmp_path, _plan_dict([(0, 4, True), (4, 6, False)]))
+    # Uneven: embedding + 3 blocks with recomputation on one stage, 1 block + head on the
+    # other; two data-parallel replicas of that pipeline (4 processes).
+    plan = _write(tmp_path, _plan_dict([(0, 4, True), (4, 6, False)], dp=2))
     out = tmp_path / "measured.json"
     dump = tmp_path / "dump"
     dump.mkdir()
@@ -108,7 +109,8 @@ def test_split_pipeline_with_recompute_matches_unsplit_training(tmp_path: Path) 
     assert code == 0
     measured = json.loads(out.read_text())
     assert measured["schema"] == "autosplit.measured/1"
-    assert [r["stage"] for r in measured["ranks"]] == [0, 1]
+    assert [(r["stage"], r["replica"]) for r in measured["ranks"]] == [(0, 0), (0, 1),
+                                                                        (1, 0), (1, 1)]
     assert len(measured["step_times_s"]) == steps and measured["median_step_s"] > 0
     assert measured["tokens_per_s"] > 0
 
@@ -196,3 +198,79 @@ def test_device_and_batch_refusals(tmp_path: Path, capsys: pytest.CaptureFixture
     assert not (tmp_path / "m.json").exists()
     assert _run_code(tmp_path, plan, "--warmup", "5") == 2
     assert os.listdir(tmp_path)  # nothing else was written
+
+
+_KWARG_MODEL = """
+import torch
+from torch import nn
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x, *, scale):
+        return x + self.lin(x) * scale
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(16, 8)
+        self.layers = nn.ModuleList(Block() for _ in range(2))
+        self.head = nn.Linear(8, 16)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        for block in self.layers:
+            x = block(x, scale=0.5)
+        return self.head(x)
+
+def build_model():
+    return Net()
+
+def example_batch(batch_size, seq_len, device="cpu"):
+    t = torch.randint(0, 16, (batch_size, seq_len + 1), device=device)
+    return (t[:, :-1],), t[:, 1:]
+"""
+
+
+def _kwarg_plan(tmp_path: Path, model: Path) -> str:
+    d = _plan_dict([(0, 2, False), (2, 4, False)], args={})
+    d["model"].update(source_file=str(model), block_list="layers", num_layers=4,
+                      fingerprint=model_fingerprint(str(model), model_args={}, seq_len=SEQ,
+                                                    dtype="fp32"))
+    names = ["pre", "layers.0", "layers.1", "post"]
+    for stage, (a, b) in zip(d["stages"], [(0, 2), (2, 4)], strict=True):
+        stage["layer_names"] = names[a:b]
+        stage["module_names"] = []
+    return _write(tmp_path, d)
+
+
+def test_block_needing_extra_arguments_without_hook_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Blocks that take more than the hidden state (rotary tables, masks) need the model
+    # file's forward_block hook; without it the launcher refuses before any process starts.
+    model = tmp_path / "kwarg_model.py"
+    model.write_text(_KWARG_MODEL)
+    code = main(["run", _kwarg_plan(tmp_path, model), str(model), "--steps", "2",
+                 "--warmup", "1", "-o", str(tmp_path / "m.json")])
+    assert code == 2
+    assert "forward_block" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_forward_block_hook_feeds_block_arguments(tmp_path: Path) -> None:
+    model = tmp_path / "kwarg_model.py"
+    model.write_text(_KWARG_MODEL + """
+
+def forward_block(model, block, hidden):
+    return block(hidden, scale=0.5)
+""")
+    source = load_model_source(str(model), {})
+    stage = build_stage(source, start=2, end=4, num_units=4, seq_len=SEQ, recompute=True,
+                        seed=0, device=torch.device("cpu"))
+    full = build_stage(source, start=0, end=4, num_units=4, seq_len=SEQ, recompute=False,
+                       seed=0, device=torch.device("cpu"))
+    x = torch.randn(2, SEQ, 8, requires_grad=True)
+    ref = full.model.head(full.model.layers[1](x, scale=0.5))
+    torch.testing.assert_close(stage(x), ref)

@@ -37,7 +37,11 @@ def bench(
                                         "always runs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
 ) -> None:
-    """Run a benchmark suite; optionally check it against a committed baseline."""
+    """Run a benchmark suite; optionally check it against a committed baseline.
+
+    Exit code 5 when --check finds a case whose plan is more than 1 % worse or whose search
+    became more than 2× slower relative to the reference case (docs/bench.md).
+    """
     from autosplit.bench.check import EXIT_REGRESSION, compare, read_baseline
     from autosplit.bench.runner import results_frame, run_suite
     from autosplit.bench.suite import load_suite

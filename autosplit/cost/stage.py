@@ -9,6 +9,7 @@ layer-split solver come from one numpy broadcast.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -42,11 +43,11 @@ class StageShape:
     def dp(self) -> int:
         return len(self.replicas)
 
-    @property
+    @cached_property
     def max_share(self) -> int:
         return max(r.batch_share for r in self.replicas)
 
-    @property
+    @cached_property
     def node_names(self) -> list[str]:
         return list(dict.fromkeys(r.node for r in self.replicas))
 

@@ -16,6 +16,7 @@ from autosplit.config import SCHEDULES
 from autosplit.errors import BadInputError
 from autosplit.model.loader import ModelSource, build_on_meta, load_model_source
 from autosplit.plan.schema import Plan
+from autosplit.runtime.boundaries import boundary_metas
 from autosplit.runtime.stage_builder import model_partition
 
 __all__ = ["DeviceChoice", "check_plan_shape", "check_model", "choose_devices"]
@@ -106,6 +107,11 @@ def check_model(plan: Plan, *, plan_path: str, model_path: str,
                 f"stage {s.index} names units {list(s.layer_names)[:3]}... but the model's "
                 f"units there are {names[s.layer_start:s.layer_start + 3]}...",
                 file=plan_path, field=f"stages[{s.index}].layer_names", fix=fix)
+    # Every stage's forward, on meta tensors: a block signature the stage forward cannot
+    # call (e.g. rotary tables as arguments, without a forward_block hook) fails here.
+    micro = max(1, plan.global_batch // max(1, plan.micro_batch_count) // plan.stages[0].dp)
+    boundary_metas(source, plan=plan, stage_index=plan.num_stages - 1, micro_batch=micro,
+                   boundary_dtype=None)
     if plan.model.fingerprint:
         fingerprint = _model_fingerprint(plan, model_path=model_path, model_args=model_args)
         if fingerprint and fingerprint != plan.model.fingerprint:

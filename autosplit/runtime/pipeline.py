@@ -14,6 +14,7 @@ equal shares) averages each stage's gradients over its replicas after the schedu
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import time
 from collections.abc import Callable
@@ -24,18 +25,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-from autosplit.model.loader import ModelSource, build_on_meta, load_model_source
+from autosplit.model.loader import ModelSource, load_model_source
 from autosplit.plan.io import load_plan
-from autosplit.plan.schema import Plan
+from autosplit.runtime.boundaries import boundary_metas
 from autosplit.runtime.config import RankLayout, RunConfig
 from autosplit.runtime.data import step_batch
 from autosplit.runtime.measure import RankResult, device_name, peak_rss_bytes
 from autosplit.runtime.stage_builder import (
-    StageModule,
     build_stage,
-    model_partition,
-    stage_hooks,
-    unit_span,
 )
 
 __all__ = ["run_rank", "TORCH_DTYPES", "default_loss", "make_optimizer"]
@@ -54,40 +51,6 @@ def default_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def make_optimizer(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """AdamW as every rank (and a single-process reference) uses it."""
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-
-
-def _boundary_metas(source: ModelSource, *, plan: Plan, stage_index: int, micro_batch: int,
-                    boundary_dtype: torch.dtype | None, seed: int,
-                    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """Meta tensors of this stage's inputs and outputs for one micro-batch.
-
-    Runs every unit up to the end of this stage on the meta device (no memory, no compute)
-    with the same stage forward the real run uses, so shapes and dtypes match exactly."""
-    model = build_on_meta(source)
-    partition = model_partition(source, model, seq_len=plan.model.seq_len)
-    hooks = stage_hooks(source)
-    batch = step_batch(source, step=0, seed=seed, global_batch=micro_batch,
-                       seq_len=plan.model.seq_len, replica=0, replicas=1)
-    current: tuple[torch.Tensor, ...] = tuple(t.to("meta") for t in batch.inputs)
-    stage_inputs = current
-    n_units = plan.model.num_layers
-    for s in plan.stages[: stage_index + 1]:
-        probe = StageModule(model, span=unit_span(partition, s.layer_start, s.layer_end),
-                            hooks=hooks, path=source.path, block_list=partition.block_list,
-                            post_all=partition.post, recompute=False,
-                            is_last=s.layer_end == n_units)
-        probe.compute_device = torch.device("meta")
-        probe.boundary_dtype = boundary_dtype
-        if s.index == stage_index:
-            stage_inputs = current
-        with torch.no_grad():
-            out = probe(*current)
-        current = out if isinstance(out, tuple) else (out,)
-    # Activations carry gradients back across the boundary; the pipeline reads that from here.
-    def mark(ts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return tuple(t.detach().contiguous().requires_grad_(t.is_floating_point()) for t in ts)
-
-    return mark(stage_inputs), mark(current)
 
 
 _SDPA_BACKENDS = {"math": "MATH", "flash": "FLASH_ATTENTION",
@@ -154,9 +117,9 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
         stage.boundary_dtype = compute_dtype
         stage.send_device = comm_device if comm_device != device else None
         micro = plan.global_batch // plan.micro_batch_count // layout.dp
-        in_meta, out_meta = _boundary_metas(source, plan=plan, stage_index=stage_index,
-                                            micro_batch=micro, boundary_dtype=compute_dtype,
-                                            seed=config.seed)
+        in_meta, out_meta = boundary_metas(source, plan=plan, stage_index=stage_index,
+                                           micro_batch=micro, boundary_dtype=compute_dtype,
+                                           seed=config.seed)
         is_last = stage_index == plan.num_stages - 1
         pipe_stage = PipelineStage(stage, stage_index, plan.num_stages, comm_device,
                                    input_args=in_meta, output_args=out_meta,
@@ -174,6 +137,11 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
+        # The last stage would otherwise keep every micro-batch's output (the logits) until
+        # the step ends; releases without the switch always keep them.
+        keep_no_outputs = ({"return_outputs": False}
+                           if "return_outputs" in inspect.signature(schedule.step).parameters
+                           else {})
         step_times: list[float] = []
         losses: list[float] = []
         local_batch = plan.global_batch // layout.dp
@@ -193,7 +161,8 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
                     schedule.step(*(t.to(comm_device) for t in batch.inputs))
                 elif is_last:
                     mb_losses: list[torch.Tensor] = []
-                    schedule.step(target=batch.targets.to(device), losses=mb_losses)
+                    schedule.step(target=batch.targets.to(device), losses=mb_losses,
+                                  **keep_no_outputs)
                     losses.append(float(torch.stack([x.detach().float() for x in mb_losses])
                                         .mean().cpu()))
                 else:

@@ -22,9 +22,11 @@ file (see docs/runtime.md, "Stage forward"); every hook is optional:
   ``module.reset_parameters()`` where the module has it, else N(0, 0.02) for matrices, ones
   for 1-D ``weight`` and zeros for other vectors.
 
-Buffers (masks, rotary tables) are not parameters and ``to_empty`` leaves them undefined, so
-they are recomputed by constructing the model once more with its parameters sent to meta as
-they are registered (cheap: their storage is never touched) and copying the owned buffers.
+Modules without parameters (a rotary-table helper, say) are kept on every stage, since blocks
+may need them. Buffers (masks, rotary tables) are not parameters and ``to_empty`` leaves them
+undefined, so they are recomputed by constructing the model once more with its parameters sent
+to meta as they are registered (cheap: their storage is never touched) and copying the
+buffers the stage kept.
 """
 
 from __future__ import annotations
@@ -132,6 +134,15 @@ def _drop_module(root: nn.Module, name: str) -> None:
         parent[int(attr)] = nn.Identity()
     else:
         parent._modules[attr] = None
+
+
+def _holds_parameters(root: nn.Module, name: str) -> bool:
+    """Parameter-less helpers (a rotary table, say) cost nothing and blocks may need them on
+    every stage, so only modules holding parameters are dropped."""
+    parent, attr = _parent_and_attr(root, name)
+    if attr in parent._parameters:
+        return True
+    return any(True for _ in root.get_submodule(name).parameters())
 
 
 def _with_replaced(root: nn.Module, replacements: dict[str, nn.Module]) -> nn.Module:
@@ -355,7 +366,7 @@ def build_stage(source: ModelSource, *, start: int, end: int, num_units: int, se
     owned = set(span.modules)
     for _, _, mods in units:
         for name in mods:
-            if name not in owned:
+            if name not in owned and _holds_parameters(model, name):
                 _drop_module(model, name)
     model.to_empty(device="cpu")
     _initialise(model, seed=seed, hooks=hooks, path=source.path)

@@ -112,6 +112,13 @@ def memory_aware_bound(ctxs: Sequence[StageContext], model: ModelProfile, m: int
         rows.append(row)
     arr = np.array(rows)
     fixed, c, r, k0, k1 = arr.T
+    return bound_from_terms(fixed=fixed, c=c, r=r, k0=k0, k1=k1, n_blocks=n_blocks, m=m,
+                            base=base)
+
+
+def bound_from_terms(*, fixed: np.ndarray, c: np.ndarray, r: np.ndarray, k0: np.ndarray,
+                     k1: np.ndarray, n_blocks: int, m: int, base: float) -> tuple[float, float]:
+    """The water-filling bound from per-stage terms (see ``memory_aware_bound``)."""
     if float(k1.sum()) < n_blocks:
         return float("inf"), float("inf")
     c_safe = np.where(c > 0, c, 1e-30)
@@ -132,11 +139,21 @@ def memory_aware_bound(ctxs: Sequence[StageContext], model: ModelProfile, m: int
                             (fixed[:, None] + k0[:, None] * c[:, None]
                              + j * (c + r)[:, None]).ravel()])
     steps = np.unique(steps)
-    plain, extra = slots(steps)
-    ok = (plain + extra).sum(axis=1) >= n_blocks
-    if not ok.any():
+
+    def holds(u: float) -> bool:
+        plain, extra = slots(np.array([u]))
+        return float((plain + extra).sum()) >= n_blocks
+
+    if not holds(float(steps[-1])):
         return float("inf"), float("inf")
-    lo = float(steps[int(np.argmax(ok))])
+    a, b = 0, steps.size - 1  # binary search: capacity is monotone in U
+    while a < b:
+        mid = (a + b) // 2
+        if holds(float(steps[mid])):
+            b = mid
+        else:
+            a = mid + 1
+    lo = float(steps[a])
 
     # Least Σu when no stage may exceed U: every stage's fixed work plus the B cheapest block
     # slots (plain first, then with recomputation). It is non-increasing in U, so on
@@ -153,3 +170,26 @@ def memory_aware_bound(ctxs: Sequence[StageContext], model: ModelProfile, m: int
     lows = np.concatenate([[lo], grid[:-1]])
     best = float(np.min((m - 1) * lows + np.maximum(base, least)))
     return best, lo
+
+
+def shape_terms(*, tables, tp: int, dp: int, share: int, capacity: float, training,
+                model: ModelProfile, allow_recompute: bool) -> tuple[float, float, float, float]:
+    """Order-free per-stage terms (block cost, recompute cost, blocks that fit plain / with
+    recomputation) with the most optimistic memory position (one micro-batch in flight)."""
+    blocks = [k for k, layer in enumerate(model.layers) if layer.kind == "block"]
+    unit = np.diff(tables.fwd) + np.diff(tables.bwd) + np.diff(tables.tpc)
+    c = float(unit[blocks].min())
+    r = float(np.diff(tables.rec)[blocks].min())
+    per_param = static_bytes_per_param(training) + optimizer_bytes_per_param(training, dp=dp)
+    static = min(model.layers[k].params for k in blocks) * per_param / tp
+    full = static + share * min(model.layers[k].activation_bytes for k in blocks) / tp
+    kept = static + share * min(model.layers[k].input_bytes for k in blocks) / tp
+    working = share * tables.max_act / tp
+    n = len(blocks)
+    k0 = float(np.floor(capacity / full)) if full > 0 else float(n)
+    k1 = (float(np.floor(max(capacity - working, 0.0) / kept)) if kept > 0 else float(n)
+          ) if allow_recompute else k0
+    return c, r, min(k0, n), min(max(k1, k0), n)
+
+
+__all__ += ["bound_from_terms", "shape_terms"]

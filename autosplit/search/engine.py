@@ -39,7 +39,12 @@ from autosplit.plan.schema import (
     StagePlan,
 )
 from autosplit.protocols.cost import LayerCostProvider
-from autosplit.search.bounds import memory_aware_bound, order_free_bound
+from autosplit.search.bounds import (
+    bound_from_terms,
+    memory_aware_bound,
+    order_free_bound,
+    shape_terms,
+)
 from autosplit.search.candidates import (
     Pool,
     PoolOption,
@@ -80,7 +85,8 @@ class TableCache:
         """Stage ``s`` of the pipeline ``shapes``, bound to its position and neighbours."""
         prev = shapes[s - 1] if s > 0 else None
         nxt = shapes[s + 1] if s + 1 < len(shapes) else None
-        key = (shapes[s], prev, nxt, s, len(shapes), micro_batches)
+        # Shapes come from ``self.shapes`` and live as long as the cache: identity is enough.
+        key = (id(shapes[s]), id(prev), id(nxt), s, len(shapes), micro_batches)
         ctx = self._contexts.get(key)
         if ctx is None:
             ctx = make_context(cluster=self.cluster, shape=shapes[s],
@@ -136,6 +142,33 @@ class _Solved:
     options: tuple[PoolOption, ...]
     micro_batches: int
     lower_bound: float
+
+
+def _water_bound(cache: TableCache, pools: list[Pool], combo: tuple[PoolOption, ...],
+                 shapes: list[StageShape], m: int, base: float, search: SearchConfig) -> float:
+    """Order-free memory-aware bound: each pool's stages as if at the last pipeline position
+    (fewest micro-batches in flight), no fixed work."""
+    rows = []
+    for opt, shape in zip(combo, shapes, strict=True):
+        key = ("shape", id(cache.tables(shape)), opt, shape.max_share, search.allow_recompute)
+        terms = cache.bound_terms.get(key)
+        if terms is None:
+            node = pools[opt.pool].nodes[0]
+            cap = (cache.cluster.device_memory_bytes(node)
+                   - cache.training.memory_reserve_gb * 1e9)
+            terms = shape_terms(tables=cache.tables(shape), tp=opt.tp, dp=opt.dp,
+                                share=shape.max_share, capacity=cap, training=cache.training,
+                                model=cache.model, allow_recompute=search.allow_recompute)
+            cache.bound_terms[key] = terms
+        rows.extend([terms] * opt.num_stages)
+    arr = np.array(rows)
+    c, r, k0, k1 = arr.T
+    n_blocks = sum(1 for layer in cache.model.layers if layer.kind == "block")
+    if n_blocks == 0:
+        return base
+    lb, _ = bound_from_terms(fixed=np.zeros(len(rows)), c=c, r=r, k0=k0, k1=k1,
+                             n_blocks=n_blocks, m=m, base=base)
+    return lb
 
 
 def _static_fits(model: ModelProfile, cluster: Cluster, pools: list[Pool],
@@ -272,6 +305,10 @@ def search_plan(*, model: ModelProfile, cluster: Cluster, training: TrainingConf
                     costs_ = [cache.unit_costs(s) for s in shapes]
                     lb = order_free_bound(costs_, [o.num_stages for o in combo], m, blocks)
                     base = float(np.vstack(costs_).min(axis=0).sum())
+                    lb = max(lb, _water_bound(cache, pools, combo, shapes, m, base, search))
+                    if not math.isfinite(lb):
+                        pruned["memory"] += 1
+                        continue
                     for order in sorted(set(itertools.permutations(combo))):
                         key = (tuple((o.pool, o.stage_devices, o.tp) for o in order), m)
                         heapq.heappush(heap, _Candidate(lb, key, order, m, False, base))
