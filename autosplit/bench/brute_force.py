@@ -56,6 +56,8 @@ class BruteForceResult:
     iteration_s: float
     candidates: int  # ordered (pool options, micro-batch count) pipelines
     evaluated: int  # (split, recompute) combinations costed
+    #: The optimum, for diagnosis: "m=8: SLOW×3[TP1·DP1] → FAST×6[TP1·DP1,recompute]".
+    summary: str = ""
 
 
 def small_enough(model: ModelProfile, cluster: Cluster) -> bool:
@@ -113,13 +115,18 @@ def brute_force(*, model: ModelProfile, cluster: Cluster, training: TrainingConf
                             evaluated += n
                             if stages is not None and value < best:
                                 best, best_stages, best_m = value, stages, m
+    summary = ""
     if best_stages is not None:
         exact = iteration_time(best_stages, micro_batches=best_m)
         if abs(exact - best) > _REL_TOL * max(abs(exact), 1e-30):
             raise RuntimeError(f"brute force costed its best plan at {best!r} s but "
                                f"iteration_time says {exact!r} s: the two have drifted apart")
         best = exact
-    return BruteForceResult(iteration_s=best, candidates=candidates, evaluated=evaluated)
+        summary = f"m={best_m}: " + " → ".join(
+            f"{st.ctx.shape.chip}×{st.end - st.start}[TP{st.ctx.shape.tp}·DP{st.ctx.shape.dp}"
+            f"{',recompute' if st.recompute else ''}]" for st in best_stages)
+    return BruteForceResult(iteration_s=best, candidates=candidates, evaluated=evaluated,
+                            summary=summary)
 
 
 @dataclass(frozen=True)

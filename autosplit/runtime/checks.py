@@ -131,8 +131,11 @@ def _model_fingerprint(plan: Plan, *, model_path: str, model_args: dict[str, str
 
 
 def choose_devices(*, world_size: int, device: str, backend: str | None,
-                   cuda_devices: tuple[int, ...]) -> DeviceChoice:
-    """Map ranks to devices and pick the backend; refuse what this machine cannot run."""
+                   cuda_devices: tuple[int, ...], external_launch: bool = False) -> DeviceChoice:
+    """Map ranks to devices and pick the backend; refuse what this machine cannot run.
+
+    Under an external launcher (torchrun) ranks span hosts: each uses the GPU of its
+    ``LOCAL_RANK`` unless ``cuda_devices`` says otherwise (an empty tuple here)."""
     if device not in ("cpu", "cuda"):
         raise BadInputError(f"unknown device '{device}'", field="--device", fix="use cpu or cuda")
     backend = backend or ("nccl" if device == "cuda" else "gloo")
@@ -160,6 +163,8 @@ def choose_devices(*, world_size: int, device: str, backend: str | None,
         if bad:
             raise BadInputError(f"CUDA device(s) {bad} do not exist (this machine has {count})",
                                 field="--cuda-devices", fix=f"use indices 0..{count - 1}")
+    elif external_launch:
+        return DeviceChoice("cuda", backend, (), backend == "gloo")
     else:
         if world_size > count:
             raise BadInputError(

@@ -53,7 +53,7 @@ class RunConfig:
     backend: str  # "gloo" | "nccl"
     #: Stage boundaries go through host memory over gloo while stages compute on GPUs.
     cpu_relay: bool
-    #: CUDA device index per rank (empty on the CPU).
+    #: CUDA device index per rank (empty: the CPU, or LOCAL_RANK under torchrun).
     cuda_devices: tuple[int, ...]
     #: Extra environment per rank (e.g. CUDA MPS thread percentages), applied before CUDA.
     rank_env: dict[int, dict[str, str]] = field(default_factory=dict)

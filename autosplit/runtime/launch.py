@@ -68,7 +68,8 @@ def prepare_run(request: RunRequest) -> tuple[RunConfig, int]:
                 model_args=model_args)
     layout = RankLayout(plan.num_stages, plan.stages[0].dp)
     choice = choose_devices(world_size=layout.world_size, device=request.device,
-                            backend=request.backend, cuda_devices=request.cuda_devices)
+                            backend=request.backend, cuda_devices=request.cuda_devices,
+                            external_launch=under_torchrun())
     rank_env = dict(request.rank_env or {})
     bad = [r for r in rank_env if not 0 <= r < layout.world_size]
     if bad:

@@ -93,7 +93,9 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
     stage_plan = plan.stages[stage_index]
 
     if config.device == "cuda":
-        device = torch.device("cuda", config.cuda_devices[rank])
+        index = (config.cuda_devices[rank] if config.cuda_devices
+                 else int(os.environ.get("LOCAL_RANK", rank)))
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
