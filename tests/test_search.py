@@ -180,3 +180,17 @@ def test_cpsat_agrees_with_dp():
     assert cp.objective <= dp.objective * (1 + 1e-9)
     assert dp.objective <= cp.objective * 1.005
     assert dp.lower_bound <= cp.objective * (1 + 1e-9)
+
+
+def test_target_restricts_to_expressible_plans():
+    from autosplit.export.expressible import expressibility_problems
+
+    model = gpt_like_model(blocks=16, hidden=2048, seq=2048)
+    cluster = two_type_cluster(fast=8, slow=8, ratio=3.0)
+    free = search_plan(model=model, cluster=cluster, training=TrainingConfig(global_batch=64),
+                       search=SearchConfig())
+    plan = search_plan(model=model, cluster=cluster, training=TrainingConfig(global_batch=64),
+                       search=SearchConfig(target="megatron"))
+    assert expressibility_problems(plan, "megatron") == []
+    assert len({s.tp for s in plan.stages}) == 1 and len({s.dp for s in plan.stages}) == 1
+    assert plan.prediction.iteration_s >= free.prediction.iteration_s * (1 - 1e-9)

@@ -63,6 +63,12 @@ def search(
     _check_choice(schedule, SCHEDULES, "--schedule")
     if target:
         _check_choice(target, ("megatron", "torchtitan", "deepspeed"), "--target")
+        from autosplit.export.expressible import TARGET_SCHEDULES
+
+        if schedule not in TARGET_SCHEDULES[target]:
+            raise BadInputError(f"{target} does not run the {schedule} schedule",
+                                field="--schedule",
+                                fix=f"use --schedule {TARGET_SCHEDULES[target][0]}")
     for name, val in (("--seq-len", seq_len), ("--global-batch", global_batch)):
         if val < 1:
             raise BadInputError(f"must be a positive integer, got {val}", field=name,
@@ -84,12 +90,20 @@ def search(
     with console.status("ingesting model on the meta device…"):
         prof = ingest_model(str(model), model_args=parse_model_args(model_arg),
                             seq_len=seq_len, dtype=dtype)
-    console.print(f"[dim]model[/] {prof.name}: {prof.total_params / 1e9:.2f} B parameters, "
+    params = (f"{prof.total_params / 1e9:.2f} B" if prof.total_params >= 1e8
+              else f"{prof.total_params / 1e6:.2f} M")
+    console.print(f"[dim]model[/] {prof.name}: {params} parameters, "
                   f"{prof.num_layers} units ({time.perf_counter() - t0:.1f} s)")
-    costs = cost_provider(model=prof, chips=cl.chip_types())
+    costs = cost_provider(model=prof, chips=cl.chip_types(), extra_dirs=tuple(chips_dir))
     with console.status("searching…") as status:
         plan = search_plan(model=prof, cluster=cl, training=training, search=cfg, costs=costs,
                            progress=lambda msg: status.update(f"searching… {msg}"))
+    if target:
+        from autosplit.export.expressible import expressibility_problems
+
+        problems = expressibility_problems(plan, target)
+        if problems:  # the search space guarantees this; fail loudly if it ever breaks
+            raise AssertionError("; ".join(problems))
     baseline = uniform_split(plan, model=prof, cluster=cl, costs=costs)
     if output:
         save_plan(plan, output)

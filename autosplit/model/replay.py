@@ -27,10 +27,14 @@ __all__ = ["layer_kind", "replay_identical_blocks"]
 
 
 def layer_kind(module: nn.Module) -> str:
-    """Key shared by identical modules: class, structure (repr) and parameter shapes/dtypes."""
+    """Key shared by identical modules: the classes of the module tree and the names, shapes
+    and dtypes of its parameters and buffers. Not ``repr``: it changes between PyTorch
+    releases, and profiles measured on one machine must match ingestion on another."""
     cls = type(module)
-    parts = [f"{cls.__module__}.{cls.__qualname__}", repr(module)]
+    parts = [f"{cls.__module__}.{cls.__qualname__}"]
+    parts.extend(f"{n}:{type(m).__qualname__}" for n, m in module.named_modules())
     parts.extend(f"{n}:{tuple(p.shape)}:{p.dtype}" for n, p in module.named_parameters())
+    parts.extend(f"{n}:{tuple(b.shape)}:{b.dtype}" for n, b in module.named_buffers())
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
 
 

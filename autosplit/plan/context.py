@@ -38,7 +38,8 @@ def _resolve(path: str, plan_file: str | None, what: str, flag: str) -> str:
                         fix=f"pass it explicitly with {flag} PATH")
 
 
-def cost_provider(*, model: ModelProfile, chips: list[str]) -> LayerCostProvider:
+def cost_provider(*, model: ModelProfile, chips: list[str],
+                  extra_dirs: tuple[Path, ...] = ()) -> LayerCostProvider:
     """Measured profiles where they exist, the analytic roofline otherwise."""
     try:
         from autosplit.profiler.provider import cost_provider_for
@@ -46,7 +47,7 @@ def cost_provider(*, model: ModelProfile, chips: list[str]) -> LayerCostProvider
         from autosplit.cost.analytic import AnalyticCosts
 
         return AnalyticCosts()
-    return cost_provider_for(model=model, chips=chips)
+    return cost_provider_for(model=model, chips=chips, extra_dirs=extra_dirs)
 
 
 def load_plan_context(plan: Plan, *, model_path: str | None = None,
