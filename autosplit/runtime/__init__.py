@@ -1,0 +1,8 @@
+"""Execute a plan for real (`autosplit run`) and compare it with its prediction
+(`autosplit validate`).
+
+launch: checks, then one process per rank (or one rank under torchrun); worker: a rank
+process; pipeline: process groups, stage, schedule, training loop; stage_builder: only this
+rank's units, materialised and initialised deterministically; boundaries: shapes that cross
+stages; data: synthetic batches; measure: the measured file; validate: predicted vs measured.
+"""

@@ -146,16 +146,13 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
                            else {})
         step_times: list[float] = []
         losses: list[float] = []
-        local_batch = plan.global_batch // layout.dp
-        barrier_group = control
         for step in range(config.steps):
             batch = step_batch(source, step=step, seed=config.seed,
                                global_batch=plan.global_batch, seq_len=plan.model.seq_len,
                                replica=replica, replicas=layout.dp)
-            assert batch.inputs[0].shape[0] == local_batch
             optimizer.zero_grad(set_to_none=True)
             _sync(device)
-            dist.barrier(group=barrier_group)
+            dist.barrier(group=control)
             stage.check_finite = step == 0
             start = time.perf_counter()
             with _attention(config.attention_backend):
@@ -176,7 +173,7 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
                         p.grad.div_(layout.dp)
             optimizer.step()
             _sync(device)
-            dist.barrier(group=barrier_group)
+            dist.barrier(group=control)
             step_times.append(time.perf_counter() - start)
             if step == 0 and stage.first_nonfinite is not None:
                 notes.append(f"first step: output of {stage.first_nonfinite} is not finite")

@@ -126,7 +126,9 @@ def bound_from_terms(*, fixed: np.ndarray, c: np.ndarray, r: np.ndarray, k0: np.
 
     def slots(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Blocks each stage can take at busy ≤ u (rows: u values): plain, with recompute."""
-        room = np.maximum(u[:, None] - fixed[None, :], 0.0)
+        # A relative slack of 1e-9 keeps floating-point rounding (j·c vs a prefix-sum
+        # difference) from undercounting and so from overstating the bound.
+        room = np.maximum(u[:, None] - fixed[None, :], 0.0) * (1 + 1e-9) + 1e-15
         plain = np.minimum(np.floor(room / c_safe), k0)
         extra = np.where(room > k0 * c, np.floor((room - k0 * c) / cr_safe), 0.0)
         extra = np.minimum(np.maximum(extra, 0.0), np.maximum(k1 - plain, 0.0))
@@ -153,7 +155,7 @@ def bound_from_terms(*, fixed: np.ndarray, c: np.ndarray, r: np.ndarray, k0: np.
             b = mid
         else:
             a = mid + 1
-    lo = float(steps[a])
+    lo = float(steps[a]) * (1 - 1e-9)
 
     # Least Σu when no stage may exceed U: every stage's fixed work plus the B cheapest block
     # slots (plain first, then with recomputation). It is non-increasing in U, so on
