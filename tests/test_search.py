@@ -66,9 +66,9 @@ def _brute_force(model, cluster, training, search) -> float:
 CASES = [
     # (fast devices, slow devices, ratio, slow memory GB, blocks, global batch)
     (2, 2, 3.0, 80.0, 6, 8),
-    (4, 4, 3.0, 80.0, 10, 8),
+    (4, 4, 3.0, 80.0, 7, 8),
     (2, 4, 2.0, 80.0, 8, 4),
-    (4, 2, 4.0, 16.0, 10, 8),  # small memory on the slow chip
+    (4, 2, 4.0, 16.0, 8, 8),  # small memory on the slow chip
     (1, 3, 3.0, 24.0, 6, 4),
 ]
 

@@ -76,6 +76,13 @@ def run(
     attention_backend: str = typer.Option(
         "", "--attention-backend", help="Restrict scaled-dot-product attention to one "
         "backend: math | flash | efficient | cudnn (default: PyTorch's choice)."),
+    precision: str = typer.Option(
+        "master", "--precision", help="bf16/fp16 plans: master (weights and gradients in the "
+        "plan's dtype, fp32 master weights in the optimizer, as Megatron-LM) or autocast "
+        "(fp32 weights, forward under torch.autocast)."),
+    dtype: str = typer.Option(
+        "", "--dtype", help="Compute dtype bf16 | fp16 | fp32 (default: the plan's on cuda, "
+        "fp32 on cpu)."),
     dump_params: str = typer.Option("", "--dump-params", hidden=True,
                                      help="Save each stage's parameters here after the run."),
 ) -> None:
@@ -89,13 +96,16 @@ def run(
         model_args=parse_model_args(model_arg), steps=steps, warmup=warmup, device=device,
         backend=backend, cuda_devices=_parse_cuda_devices(cuda_devices),
         rank_env=_parse_rank_env(rank_env), seed=seed, output=str(output),
-        dump_params_dir=dump_params, attention_backend=attention_backend)
+        dump_params_dir=dump_params, attention_backend=attention_backend,
+        precision=precision, dtype=dtype)
     config, world = prepare_run(request)
     console = Console()
     if not under_torchrun() and not as_json:
         relay = " (CPU relay)" if config.cpu_relay else ""
-        console.print(f"running {world} rank(s) on {config.device}, {config.backend}{relay}, "
-                      f"{steps} steps ({warmup} warm-up)")
+        precision = (f", {config.dtype} {config.precision}" if config.dtype != "fp32"
+                     else ", fp32")
+        console.print(f"running {world} rank(s) on {config.device}, {config.backend}{relay}"
+                      f"{precision}, {steps} steps ({warmup} warm-up)")
     measured = launch(config, world, timeout_s=timeout)
     if measured is None:
         return

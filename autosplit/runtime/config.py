@@ -65,6 +65,9 @@ class RunConfig:
     dtype: str = "bf16"
     #: Restrict scaled-dot-product attention to one backend ("" = PyTorch's choice).
     attention_backend: str = ""
+    #: bf16/fp16 runs: "master" (weights and gradients in the dtype, fp32 masters in the
+    #: optimizer) or "autocast" (fp32 weights, forward under autocast). fp32 runs ignore it.
+    precision: str = "master"
 
     def to_json(self) -> str:
         d = asdict(self)

@@ -22,6 +22,7 @@ from autosplit.plan.io import load_plan
 from autosplit.runtime.checks import check_model, check_plan_shape, choose_devices
 from autosplit.runtime.config import RankLayout, RunConfig
 from autosplit.runtime.measure import MeasuredRun, load_measured
+from autosplit.runtime.precision import DTYPES, PRECISIONS
 
 #: Values of --attention-backend (kept here so the launcher need not import the pipeline).
 ATTENTION_BACKENDS: tuple[str, ...] = ("math", "flash", "efficient", "cudnn")
@@ -46,6 +47,9 @@ class RunRequest:
     output: str = "measured.json"
     dump_params_dir: str = ""
     attention_backend: str = ""
+    precision: str = "master"
+    #: Compute dtype; empty: the plan's on CUDA, fp32 on the CPU.
+    dtype: str = ""
 
 
 def under_torchrun() -> bool:
@@ -80,7 +84,13 @@ def prepare_run(request: RunRequest) -> tuple[RunConfig, int]:
         raise BadInputError(f"unknown attention backend '{request.attention_backend}'",
                             field="--attention-backend",
                             fix="use one of: " + ", ".join(ATTENTION_BACKENDS))
-    dtype = plan.model.dtype if choice.device == "cuda" else "fp32"
+    if request.precision not in PRECISIONS:
+        raise BadInputError(f"unknown precision '{request.precision}'", field="--precision",
+                            fix="use one of: " + ", ".join(PRECISIONS))
+    if request.dtype and request.dtype not in DTYPES:
+        raise BadInputError(f"unknown dtype '{request.dtype}'", field="--dtype",
+                            fix="use one of: " + ", ".join(DTYPES))
+    dtype = request.dtype or (plan.model.dtype if choice.device == "cuda" else "fp32")
     config = RunConfig(
         plan_path=os.path.abspath(request.plan_path),
         model_path=os.path.abspath(request.model_path), model_args=model_args,
@@ -89,7 +99,7 @@ def prepare_run(request: RunRequest) -> tuple[RunConfig, int]:
         rank_env=rank_env, seed=request.seed,
         output=os.path.abspath(request.output) if request.output else "",
         dump_params_dir=request.dump_params_dir, dtype=dtype,
-        attention_backend=request.attention_backend)
+        attention_backend=request.attention_backend, precision=request.precision)
     return config, layout.world_size
 
 

@@ -74,6 +74,9 @@ class MeasuredRun:
     loss: tuple[float, ...]
     ranks: tuple[RankResult, ...]
     torch_version: str
+    #: "master" (low-precision weights, fp32 masters), "autocast" or "fp32". Files written
+    #: before the field existed were autocast runs.
+    precision: str = "autocast"
     schema: str = MEASURED_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,6 +5,12 @@ The pipeline is ``torch.distributed.pipelining``: one ``PipelineStage`` per rank
 the model's loss on the last stage. Boundary shapes are given to the stage up front (worked out
 on the meta device from the model itself), so no shape inference runs on the real devices.
 
+Precision follows Megatron-LM (see ``precision``): with a bf16/fp16 plan the stage's weights
+and gradients are stored in that dtype and the optimizer steps fp32 master copies; the old
+path (fp32 weights, forward under autocast) stays available as ``precision="autocast"``. The
+loss is computed in fp32 from the low-precision logits inside the loss function only. The
+last stage does not keep its micro-batches' outputs (the logits) beyond their backward.
+
 With the CPU relay, stage boundaries are host tensors over gloo: the stage copies its input to
 its GPU, computes, and copies its output back to the host — the path between chips whose
 collective libraries cannot talk to each other. Data parallelism (same degree on every stage,
@@ -30,15 +36,14 @@ from autosplit.plan.io import load_plan
 from autosplit.runtime.boundaries import boundary_metas
 from autosplit.runtime.config import RankLayout, RunConfig
 from autosplit.runtime.data import step_batch
+from autosplit.runtime.health import FirstNonFinite, nonfinite_tensors
 from autosplit.runtime.measure import RankResult, device_name, peak_rss_bytes
-from autosplit.runtime.stage_builder import (
-    build_stage,
-)
+from autosplit.runtime.precision import DTYPES, LossScaler, MasterWeightOptimizer
+from autosplit.runtime.stage_builder import StageModule, build_stage
 
 __all__ = ["run_rank", "TORCH_DTYPES", "default_loss", "make_optimizer"]
 
-TORCH_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16,
-                                        "fp32": torch.float32}
+TORCH_DTYPES: dict[str, torch.dtype] = DTYPES
 
 _SCHEDULES = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}
 
@@ -48,9 +53,20 @@ def default_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(outputs.float().flatten(0, -2), targets.flatten())
 
 
-def make_optimizer(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """AdamW as every rank (and a single-process reference) uses it."""
-    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+def make_optimizer(params: list[torch.nn.Parameter], *,
+                   fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW as every rank (and a single-process reference) uses it; ``fused`` (one kernel,
+    no full-size temporaries) for fp32 masters on a GPU."""
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=fused or None)
+
+
+def make_master_optimizer(params: list[torch.nn.Parameter], *, dtype: torch.dtype,
+                          fused: bool = False) -> MasterWeightOptimizer:
+    """Cast ``params`` to ``dtype`` and return AdamW over their fp32 masters (fp16 with a
+    dynamic loss scale)."""
+    scaler = LossScaler() if dtype == torch.float16 else None
+    return MasterWeightOptimizer(params, dtype=dtype, scaler=scaler,
+                                 make_inner=lambda masters: make_optimizer(masters, fused=fused))
 
 
 _SDPA_BACKENDS = {"math": "MATH", "flash": "FLASH_ATTENTION",
@@ -71,18 +87,43 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _make_loss(source: ModelSource, autocast: torch.dtype | None,
-               device: torch.device) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+def _make_loss(source: ModelSource, *, autocast: torch.dtype | None, device: torch.device,
+               scaler: LossScaler | None) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     user = source.loss_fn or default_loss
 
     def loss(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         targets = targets.to(outputs.device if isinstance(outputs, torch.Tensor) else device)
         if autocast is not None:
             with torch.autocast(device.type, dtype=autocast):
-                return user(outputs, targets)
-        return user(outputs, targets)
+                value = user(outputs, targets)
+        else:
+            value = user(outputs, targets)
+        return value * scaler.scale if scaler is not None else value
 
     return loss
+
+
+class _DiscardList(list):  # type: ignore[type-arg]
+    """Stands in for the last stage's output list on releases whose schedule has no
+    ``return_outputs`` switch: appending keeps nothing alive."""
+
+    def append(self, item: Any) -> None:
+        return None
+
+
+def _keep_no_outputs(schedule: Any, pipe_stage: PipelineStage) -> dict[str, Any]:
+    """Keyword arguments of ``schedule.step`` on the last stage that stop it keeping every
+    micro-batch's output (the logits) until the step ends."""
+    if "return_outputs" in inspect.signature(schedule.step).parameters:
+        return {"return_outputs": False}
+    pipe_stage.output_chunks = _DiscardList()
+    return {}
+
+
+def _finite_notes(stage: StageModule, *, when: str) -> list[str]:
+    named = list(stage.model.named_parameters()) + list(stage.model.named_buffers())
+    bad = nonfinite_tensors(named)
+    return [f"{len(bad)} parameter(s)/buffer(s) not finite {when}: {bad[:3]}"] if bad else []
 
 
 def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResult]:
@@ -110,7 +151,9 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
         source = load_model_source(config.model_path, config.model_args)
         rss_before = peak_rss_bytes()
         compute_dtype = TORCH_DTYPES[config.dtype]
-        autocast = compute_dtype if compute_dtype != torch.float32 else None
+        low = compute_dtype != torch.float32
+        master = low and config.precision == "master"
+        autocast = compute_dtype if low and not master else None
         stage = build_stage(source, start=stage_plan.layer_start, end=stage_plan.layer_end,
                             num_units=plan.model.num_layers,
                             seq_len=plan.model.seq_len, recompute=stage_plan.recompute,
@@ -127,25 +170,28 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
                                    input_args=in_meta, output_args=out_meta,
                                    group=pp_groups[replica])
         stage.to(device)  # some releases move the module to the stage's (host) device
-        # Every rank passes the loss: the schedule runs backward only when it has one.
-        schedule = _SCHEDULES[plan.schedule](pipe_stage, plan.micro_batch_count,
-                                             loss_fn=_make_loss(source, autocast, device))
+        notes = _finite_notes(stage, when="after initialisation")
         params = [p for p in stage.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params)
-        notes: list[str] = []
-        bad = [n for n, p in stage.model.named_parameters() if not bool(torch.isfinite(p).all())]
-        if bad:
-            notes.append(f"{len(bad)} parameter(s) not finite after initialisation: {bad[:3]}")
+        names = [n for n, p in stage.model.named_parameters() if p.requires_grad]
+        # Master weights: the parameters become compute-dtype tensors here, their fp32
+        # initial values the optimizer's masters.
+        optimizer: Any = (make_master_optimizer(params, dtype=compute_dtype,
+                                                fused=device.type == "cuda")
+                          if master else make_optimizer(params))
+        scaler = optimizer.scaler if master else None
+        # Every rank passes the loss: the schedule runs backward only when it has one.
+        schedule = _SCHEDULES[plan.schedule](
+            pipe_stage, plan.micro_batch_count,
+            loss_fn=_make_loss(source, autocast=autocast, device=device, scaler=scaler))
+        keep_no_outputs = _keep_no_outputs(schedule, pipe_stage) if is_last else {}
+        watch = FirstNonFinite(stage)
         if device.type == "cuda":
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
 
-        # The last stage would otherwise keep every micro-batch's output (the logits) until
-        # the step ends; releases without the switch always keep them.
-        keep_no_outputs = ({"return_outputs": False}
-                           if "return_outputs" in inspect.signature(schedule.step).parameters
-                           else {})
         step_times: list[float] = []
         losses: list[float] = []
+        skipped = 0
         for step in range(config.steps):
             batch = step_batch(source, step=step, seed=config.seed,
                                global_batch=plan.global_batch, seq_len=plan.model.seq_len,
@@ -153,7 +199,8 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
             optimizer.zero_grad(set_to_none=True)
             _sync(device)
             dist.barrier(group=control)
-            stage.check_finite = step == 0
+            if step == 0:
+                watch.arm()  # one device sync per module: the first step only
             start = time.perf_counter()
             with _attention(config.attention_backend):
                 if stage_index == 0:
@@ -162,27 +209,43 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
                     mb_losses: list[torch.Tensor] = []
                     schedule.step(target=batch.targets.to(device), losses=mb_losses,
                                   **keep_no_outputs)
+                    scale = scaler.scale if scaler is not None else 1.0
                     losses.append(float(torch.stack([x.detach().float() for x in mb_losses])
-                                        .mean().cpu()))
+                                        .mean().cpu()) / scale)
                 else:
                     schedule.step()
+            if step == 0:
+                watch.disarm()
+                if watch.found is not None:
+                    notes.append(f"first step: {watch.found}")
             if dp_groups:
                 for p in params:
                     if p.grad is not None:
                         dist.all_reduce(p.grad, group=dp_groups[stage_index])
                         p.grad.div_(layout.dp)
-            optimizer.step()
-            _sync(device)
-            dist.barrier(group=control)
-            step_times.append(time.perf_counter() - start)
-            if step == 0 and stage.first_nonfinite is not None:
-                notes.append(f"first step: output of {stage.first_nonfinite} is not finite")
             if step == 0:
-                bad_grads = [n for n, p in stage.model.named_parameters()
-                             if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+                bad_grads = nonfinite_tensors((n, p.grad) for n, p in zip(names, params,
+                                                                          strict=True))
                 if bad_grads:
                     notes.append(f"first step: {len(bad_grads)} gradient(s) not finite: "
                                  f"{bad_grads[:3]}")
+            if scaler is not None:
+                # A step is skipped on every rank when any rank's gradients overflowed.
+                overflow = torch.tensor([0.0 if optimizer.grads_finite() else 1.0])
+                dist.all_reduce(overflow, group=control)
+                skip = bool(overflow.item() > 0)
+                skipped += int(skip)
+                optimizer.step(skip=skip)
+            else:
+                optimizer.step()
+            _sync(device)
+            dist.barrier(group=control)
+            step_times.append(time.perf_counter() - start)
+            if step == 0:
+                notes.extend(_finite_notes(stage, when="after the first step"))
+        if skipped:
+            notes.append(f"{skipped} step(s) skipped on gradient overflow (fp16 loss scale "
+                         f"now {scaler.scale if scaler is not None else 0:g})")
 
         if device.type == "cuda":
             peak: int | None = int(torch.cuda.max_memory_allocated(device))
@@ -191,10 +254,14 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
         else:
             peak, reserved, kind = max(0, peak_rss_bytes() - rss_before), None, "cpu_rss_growth"
         if config.dump_params_dir and replica == 0:
-            named = list(stage.model.named_parameters())
-            state = {"params": {k: v.detach().float().cpu() for k, v in named},
-                     "grads": {k: v.grad.detach().float().cpu() for k, v in named
-                               if v.grad is not None}}
+            # The optimizer's state of record: the fp32 masters where there are masters.
+            values = optimizer.masters if master else params
+            state = {"params": {n: v.detach().float().cpu()
+                                for n, v in zip(names, values, strict=True)},
+                     "grads": {n: p.grad.detach().float().cpu()
+                               for n, p in zip(names, params, strict=True)
+                               if p.grad is not None},
+                     "dtypes": {n: str(p.dtype) for n, p in zip(names, params, strict=True)}}
             torch.save(state, os.path.join(config.dump_params_dir, f"stage{stage_index}.pt"))
         env = {k: v for k, v in os.environ.items()
                if k.startswith("CUDA_MPS_") or k == "CUDA_VISIBLE_DEVICES"}

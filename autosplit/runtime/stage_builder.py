@@ -235,8 +235,15 @@ def _restore_buffers(stage_model: nn.Module, source: ModelSource) -> None:
     with torch.no_grad():
         for name, buf in wanted.items():
             value = real.get(name)
-            if value is not None and not value.is_meta and value.shape == buf.shape:
-                buf.copy_(value.to(buf.dtype))
+            if value is None or value.is_meta or value.shape != buf.shape:
+                # to_empty left it uninitialised: garbage (or NaN) on this stage only.
+                raise BadInputError(
+                    f"buffer '{name}' could not be recomputed for a pipeline stage (building "
+                    "the model again did not give it a value of the same shape)",
+                    file=source.path,
+                    fix="create buffers with their final shape in __init__ from the model "
+                        "arguments alone, or compute them in the forward")
+            buf.copy_(value.to(buf.dtype))
 
 
 # ---- the stage module ---------------------------------------------------------------------
@@ -264,10 +271,6 @@ class StageModule(nn.Module):
         self.send_device: torch.device | None = None
         self.boundary_dtype: torch.dtype | None = None
         self.autocast_dtype: torch.dtype | None = None
-        #: While set, the forward records the first unit whose output is not finite (one
-        #: device sync per unit, so the runtime turns it on for the first step only).
-        self.check_finite = False
-        self.first_nonfinite: str | None = None
         # A view for the default pre forward: the model's own forward, no blocks, no post.
         replacements: dict[str, nn.Module] = {block_list: nn.ModuleList()}
         replacements.update({name: nn.Identity() for name in post_all})
@@ -294,32 +297,18 @@ class StageModule(nn.Module):
             hidden = self.model.get_submodule(name)(hidden)
         return hidden
 
-    def _note_nonfinite(self, where: str, value: Any) -> None:
-        if not self.check_finite or self.first_nonfinite is not None:
-            return
-        tensors = value if isinstance(value, tuple) else (value,)
-        for t in tensors:
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and \
-                    not bool(torch.isfinite(t.detach()).all()):
-                self.first_nonfinite = where
-                return
-
     def _compute(self, *inputs: Any) -> Any:
         if self.span.pre:
             hidden = self._run_pre(*inputs)
-            self._note_nonfinite("pre", hidden)
         else:
             hidden = inputs[0] if len(inputs) == 1 else inputs
-            self._note_nonfinite("stage input", hidden)
         for name in self.span.blocks:
             if self.recompute and torch.is_grad_enabled():
                 hidden = checkpoint(self._run_block, name, hidden, use_reentrant=False)
             else:
                 hidden = self._run_block(name, hidden)
-            self._note_nonfinite(name, hidden)
         if self.span.post:
             hidden = self._run_post(hidden)
-            self._note_nonfinite("post", hidden)
         return hidden
 
     def _to_boundary(self, out: Any) -> Any:
@@ -337,8 +326,11 @@ class StageModule(nn.Module):
         return conv(out)
 
     def forward(self, *inputs: Any) -> Any:
-        inputs = tuple(t.to(self.compute_device) if isinstance(t, torch.Tensor) else t
-                       for t in inputs)
+        # A blocking copy: the pipeline may receive the next micro-batch into the same host
+        # buffer, so the copy must have read it before the forward goes on. Contiguous, since
+        # kernels (and the stride checks of the pipeline) assume it.
+        inputs = tuple(t.to(self.compute_device).contiguous() if isinstance(t, torch.Tensor)
+                       else t for t in inputs)
         if self.autocast_dtype is not None:
             with torch.autocast(self.compute_device.type, dtype=self.autocast_dtype):
                 out = self._compute(*inputs)

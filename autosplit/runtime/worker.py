@@ -45,7 +45,8 @@ def assemble(config: RunConfig, results: list[RankResult]) -> MeasuredRun:
         micro_batch_count=plan.micro_batch_count, tokens_per_sample=tokens,
         step_times_s=times, median_step_s=median, tokens_per_s=tokens_s,
         samples_per_s=samples_s, loss=loss, ranks=tuple(ranks),
-        torch_version=torch.__version__)
+        torch_version=torch.__version__,
+        precision="fp32" if config.dtype == "fp32" else config.precision)
 
 
 def execute_rank(config: RunConfig) -> MeasuredRun | None:

@@ -2,13 +2,18 @@
 # The heterogeneous run on one H200 split by CUDA MPS into a 75% and a 25% client
 # (shared/reference/gpu-emulation.md), gloo between them (the CPU relay). Runs the searched
 # and the uniform plan (made beforehand by make_plans.py, which needs OR-Tools) one after the
-# other, each for STEPS optimizer steps, and leaves measured_*.json and logs in $OUT.
+# other, each for STEPS optimizer steps with bf16 weights and fp32 master weights (the
+# runtime's default precision), then AUTOCAST_STEPS steps of the searched plan with the old
+# autocast path (0: skip), whose first-step health check locates its non-finite loss. Leaves
+# measured_*.json and logs in $OUT.
 #
 #   OUT=/tmp/out bash experiments/runtime/run_h200_mps.sh
+#   DIAG=1 also runs diagnose_cuda.py (single process, per attention backend) first.
 set -euo pipefail
 OUT=${OUT:-/tmp/autosplit-out}
 STEPS=${STEPS:-12}
 WARMUP=${WARMUP:-4}
+AUTOCAST_STEPS=${AUTOCAST_STEPS:-3}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
@@ -18,22 +23,20 @@ mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
 } > "$OUT/env.txt" 2>&1
 
-# One training step of a 1.3B-wide GPT in one process, per attention backend, first on the
-# whole GPU and then as a 25% MPS client: tells kernel NaNs apart from pipeline/relay ones.
-python3 experiments/runtime/diagnose_cuda.py "$OUT/diag_nomps.json" 2>&1 | grep -v Warning || true
+if [ "${DIAG:-0}" = 1 ]; then
+  PRECISION=master python3 experiments/runtime/diagnose_cuda.py "$OUT/diag_nomps.json" \
+    2>&1 | grep -v Warning || true
+fi
 
 nvidia-cuda-mps-control -d
 trap 'echo quit | nvidia-cuda-mps-control' EXIT
 
-CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25 python3 experiments/runtime/diagnose_cuda.py \
-  "$OUT/diag_mps25.json" 2>&1 | grep -v Warning || true
-# Use PyTorch's attention choice unless it was not finite there (ATTN overrides).
-ATTN=${ATTN-$(python3 -c "import json,sys; b=json.load(open(sys.argv[1])).get('first_finite_backend',''); print('' if b in ('', 'default') else b)" "$OUT/diag_mps25.json" 2>/dev/null || true)}
-echo "== attention backend: ${ATTN:-default}"
-
-for name in searched uniform; do
-  plan=experiments/runtime/plan_$name.json
+# run NAME PLAN STEPS WARMUP TIMEOUT [extra autosplit-run options]
+run() {
+  local name=$1 plan=experiments/runtime/plan_$2.json steps=$3 warmup=$4 timeout=$5
+  shift 5
   # Each stage's rank gets the SM share of the chip the plan put it on.
+  local rank_env
   rank_env=$(python3 - "$plan" <<'PY'
 import json, sys
 stages = json.load(open(sys.argv[1]))["stages"]
@@ -42,10 +45,16 @@ print(" ".join(f"--rank-env {s['index']}:CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={shar
                for s in stages))
 PY
 )
-  echo "== $name: $rank_env"
+  echo "== $name: $rank_env $*"
   # shellcheck disable=SC2086
   python3 -m autosplit run "$plan" experiments/models/gpt.py --device cuda --backend gloo \
-    --cuda-devices 0,0 $rank_env --steps "$STEPS" --warmup "$WARMUP" --timeout 240 \
-    ${ATTN:+--attention-backend "$ATTN"} \
-    -o "$OUT/measured_$name.json" 2>&1 | tee "$OUT/run_$name.log" || echo "== $name failed"
-done
+    --cuda-devices 0,0 $rank_env --steps "$steps" --warmup "$warmup" --timeout "$timeout" \
+    "$@" -o "$OUT/measured_$name.json" 2>&1 | tee "$OUT/run_$name.log" \
+    || echo "== $name failed"
+}
+
+run searched searched "$STEPS" "$WARMUP" 150
+run uniform uniform "$STEPS" "$WARMUP" 150
+if [ "$AUTOCAST_STEPS" -gt 0 ]; then
+  run autocast_searched searched "$AUTOCAST_STEPS" 1 100 --precision autocast
+fi
