@@ -49,16 +49,18 @@ def chip(name: str, tflops: float, *, mem_gb: float = 80.0, vendor: str = "NVIDI
 
 
 def two_type_cluster(*, fast: int = 4, slow: int = 4, ratio: float = 3.0,
-                     slow_mem_gb: float = 80.0, cross_vendor: bool = False) -> Cluster:
+                     slow_mem_gb: float = 80.0, cross_vendor: bool = False,
+                     shared_collectives: bool = False, nic_gbs: float = 25.0) -> Cluster:
     fast_chip = chip("FAST", 300.0 * ratio, bw=2000.0 * ratio)
     slow_chip = chip("SLOW", 300.0, mem_gb=slow_mem_gb,
                      vendor="OTHER" if cross_vendor else "NVIDIA")
     nodes = []
     if fast:
         nodes.append(Node(name="fast", chip="FAST", devices=fast, intra_link="nvlink",
-                          intra_bw_gbs=300.0, nic_bw_gbs=25.0))
+                          intra_bw_gbs=300.0, nic_bw_gbs=nic_gbs))
     if slow:
         nodes.append(Node(name="slow", chip="SLOW", devices=slow, intra_link="nvlink",
-                          intra_bw_gbs=300.0, nic_bw_gbs=25.0))
+                          intra_bw_gbs=300.0, nic_bw_gbs=nic_gbs))
+    groups = (frozenset({"FAST", "SLOW"}),) if shared_collectives else ()
     return Cluster(name="two-type", nodes=tuple(nodes),
-                   chips={"FAST": fast_chip, "SLOW": slow_chip})
+                   chips={"FAST": fast_chip, "SLOW": slow_chip}, collective_groups=groups)

@@ -194,3 +194,21 @@ def test_target_restricts_to_expressible_plans():
     assert expressibility_problems(plan, "megatron") == []
     assert len({s.tp for s in plan.stages}) == 1 and len({s.dp for s in plan.stages}) == 1
     assert plan.prediction.iteration_s >= free.prediction.iteration_s * (1 - 1e-9)
+
+
+def test_mixed_chip_data_parallel_gives_faster_chips_more_samples():
+    # A small model on two chips that share a collective library and a fast network: plain
+    # data parallelism over both chips, with uneven batch shares, beats any pipeline.
+    model = gpt_like_model(blocks=4, hidden=1024, seq=1024)
+    mixed = two_type_cluster(fast=4, slow=4, ratio=3.0, shared_collectives=True, nic_gbs=200.0)
+    training = TrainingConfig(global_batch=256)
+    plan = search_plan(model=model, cluster=mixed, training=training, search=SearchConfig())
+    stage = next(s for s in plan.stages if len({r.node for r in s.replicas}) > 1)
+    shares = {r.node: r.batch_share for r in stage.replicas}
+    assert shares["fast"] > shares["slow"]
+    validate_plan(plan, model=model, cluster=mixed)
+    again = evaluate_plan(plan, model=model, cluster=mixed)
+    assert again.prediction.iteration_s == pytest.approx(plan.prediction.iteration_s, rel=1e-9)
+    separate = two_type_cluster(fast=4, slow=4, ratio=3.0, nic_gbs=200.0)
+    other = search_plan(model=model, cluster=separate, training=training, search=SearchConfig())
+    assert plan.prediction.iteration_s < other.prediction.iteration_s

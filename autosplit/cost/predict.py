@@ -13,9 +13,10 @@ from autosplit.config import TrainingConfig
 from autosplit.cost.pipeline import pipeline_time, tail_time
 from autosplit.cost.stage import (
     StageContext,
+    _lane_busy,
     boundary_p2p,
+    lane_memory,
     range_busy,
-    range_memory,
     range_tail,
 )
 from autosplit.model.types import ModelProfile
@@ -79,7 +80,7 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
         if st.ctx.index > 0:
             prev = stages[st.ctx.index - 1]
             p2p_in = _float(boundary_p2p(prev.ctx, prev.end))
-        static, act = range_memory(c, i, j, st.recompute)
+        lane, static, act = lane_memory(c, i, j, st.recompute)
         tp, dp = c.shape.tp, c.shape.dp
         params = (t.params[j] - t.params[i]) / tp
         from autosplit.cost.memory import optimizer_bytes_per_param, static_bytes_per_param
@@ -88,6 +89,9 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
         grads = params * (static_bytes_per_param(training) - training.dtype_bytes)
         optim = params * optimizer_bytes_per_param(training, dp=dp)
         assert abs(weights + grads + optim - float(static)) < 1e-3 * max(1.0, float(static))
+        # Times of the slowest lane (the one that paces the stage).
+        t = max((ln.tables for ln in c.all_lanes()),
+                key=lambda tb: float(_lane_busy(tb, i, j, st.recompute)))
         d, o = range_tail(c, i, j)
         preds.append(StagePrediction(
             index=c.index,
@@ -103,7 +107,7 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
             memory=MemoryBreakdown(
                 weights=float(weights), gradients=float(grads), optimizer=float(optim),
                 activations=_float(act), reserve=training.memory_reserve_gb * 1e9,
-                capacity=c.capacity + training.memory_reserve_gb * 1e9,
+                capacity=lane.capacity + training.memory_reserve_gb * 1e9,
             ),
             in_flight=c.in_flight,
         ))

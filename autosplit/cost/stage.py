@@ -22,7 +22,7 @@ from autosplit.model.types import ModelProfile
 from autosplit.plan.schema import Replica
 from autosplit.protocols.cost import LayerCostProvider
 
-__all__ = ["StageShape", "StageTables", "StageContext", "build_tables", "range_busy",
+__all__ = ["StageShape", "StageTables", "StageContext", "Lane", "build_tables", "range_busy",
            "range_memory", "range_tail", "boundary_p2p", "OPTIMIZER_BYTES_MOVED"]
 
 #: Bytes an Adam step moves per parameter held on the device (read weight, grad, fp32 master,
@@ -105,6 +105,21 @@ def build_tables(*, model: ModelProfile, chip: ChipSpec, node: Node, tp: int, sh
     )
 
 
+@dataclass(frozen=True)
+class Lane:
+    """The replicas of one chip inside a stage.
+
+    A stage normally holds one chip; a stage whose data-parallel replicas mix chips of one
+    collective group (e.g. H100 and A100 over NCCL) has a lane per chip, each with its own
+    batch share — the uneven data-parallel split — its own per-unit times and memory.
+    """
+
+    chip: ChipSpec
+    tables: StageTables
+    share: int
+    capacity: float
+
+
 @dataclass
 class StageContext:
     """A stage at a fixed position of a fixed pipeline, ready to cost any layer range."""
@@ -123,6 +138,14 @@ class StageContext:
     share_out: int
     training: TrainingConfig
     chip: ChipSpec
+    #: Per-chip lanes when the stage mixes chips; empty for a one-chip stage.
+    lanes: tuple[Lane, ...] = ()
+
+    def all_lanes(self) -> tuple[Lane, ...]:
+        if self.lanes:
+            return self.lanes
+        return (Lane(chip=self.chip, tables=self.tables, share=self.shape.max_share,
+                     capacity=self.capacity),)
 
     @staticmethod
     def blocking(link: Link | None) -> bool:
@@ -151,13 +174,18 @@ def _p2p_in(ctx: StageContext, i: np.ndarray | int) -> np.ndarray | float:
     return np.where(nbytes > 0, link.latency_s + nbytes / (link.bw_gbs * 1e9), 0.0)
 
 
+def _lane_busy(t: StageTables, i, j, recompute):
+    busy = (t.fwd[j] - t.fwd[i]) + (t.bwd[j] - t.bwd[i]) + (t.tpc[j] - t.tpc[i])
+    return busy + np.where(recompute, t.rec[j] - t.rec[i], 0.0)
+
+
 def range_busy(ctx: StageContext, i, j, recompute):
     """Busy time per micro-batch of units ``[i, j)``: forward + backward (+ recompute) +
-    TP all-reduces + transfers over blocking links (activation in, its gradient out, and
-    the same towards the next stage)."""
-    t = ctx.tables
-    busy = (t.fwd[j] - t.fwd[i]) + (t.bwd[j] - t.bwd[i]) + (t.tpc[j] - t.tpc[i])
-    busy = busy + np.where(recompute, t.rec[j] - t.rec[i], 0.0)
+    TP all-reduces on the slowest lane + transfers over blocking links (activation in, its
+    gradient out, and the same towards the next stage)."""
+    busy = _lane_busy(ctx.tables, i, j, recompute)
+    for lane in ctx.lanes[1:]:
+        busy = np.maximum(busy, _lane_busy(lane.tables, i, j, recompute))
     if StageContext.blocking(ctx.link_in):
         busy = busy + 2.0 * _p2p_in(ctx, i)
     if StageContext.blocking(ctx.link_out):
@@ -165,17 +193,49 @@ def range_busy(ctx: StageContext, i, j, recompute):
     return busy
 
 
-def range_memory(ctx: StageContext, i, j, recompute):
-    """Peak bytes on the busiest device of the stage, as (static, activations)."""
-    t = ctx.tables
+def _lane_memory(ctx: StageContext, lane: Lane, i, j, recompute):
+    t = lane.tables
     tr = ctx.training
     tp = ctx.shape.tp
     params = (t.params[j] - t.params[i]) / tp
     static = params * (static_bytes_per_param(tr) + optimizer_bytes_per_param(tr, dp=ctx.shape.dp))
-    share = ctx.shape.max_share
+    share = lane.share
     full = ctx.in_flight * share * (t.act[j] - t.act[i]) / tp
     kept = ctx.in_flight * share * (t.inp[j] - t.inp[i]) / tp + share * t.max_act / tp
     return static, np.where(recompute, kept, full)
+
+
+def range_memory(ctx: StageContext, i, j, recompute):
+    """Peak bytes on the busiest device of the stage, as (static, activations), to compare
+    with ``ctx.capacity``. With several lanes, the lane closest to its own capacity decides,
+    scaled to ``ctx.capacity`` so that the comparison means "every lane fits"."""
+    if not ctx.lanes:
+        return _lane_memory(ctx, ctx.all_lanes()[0], i, j, recompute)
+    best_s = best_a = best_r = None
+    for lane in ctx.lanes:
+        st, act = _lane_memory(ctx, lane, i, j, recompute)
+        scale = ctx.capacity / lane.capacity if lane.capacity > 0 else np.inf
+        ratio = (st + act) * scale
+        if best_r is None:
+            best_s, best_a, best_r = st * scale, act * scale, ratio
+        else:
+            pick = ratio > best_r
+            best_s = np.where(pick, st * scale, best_s)
+            best_a = np.where(pick, act * scale, best_a)
+            best_r = np.maximum(ratio, best_r)
+    return best_s, best_a
+
+
+def lane_memory(ctx: StageContext, i: int, j: int, recompute: bool) -> tuple[Lane, float, float]:
+    """The lane closest to its capacity for units ``[i, j)``, with its unscaled bytes."""
+    worst = None
+    for lane in ctx.all_lanes():
+        st, act = _lane_memory(ctx, lane, i, j, recompute)
+        ratio = float(st + act) / lane.capacity if lane.capacity > 0 else float("inf")
+        if worst is None or ratio > worst[0]:
+            worst = (ratio, lane, float(st), float(act))
+    assert worst is not None
+    return worst[1], worst[2], worst[3]
 
 
 def range_tail(ctx: StageContext, i, j):
@@ -194,14 +254,31 @@ def range_tail(ctx: StageContext, i, j):
     moved = OPTIMIZER_BYTES_MOVED[tr.dtype]
     if tr.zero1 and dp > 1:
         moved = 2 * tr.dtype_bytes + (moved - 2 * tr.dtype_bytes) / dp
-    opt_time = params * moved / ctx.chip.achievable_bytes_per_s()
+    slowest_bw = min(lane.chip.achievable_bytes_per_s() for lane in ctx.all_lanes())
+    opt_time = params * moved / slowest_bw
     return dp_time, opt_time
+
+
+def lane_groups(cluster: Cluster, shape: StageShape) -> list[tuple[str, Node, int, float]]:
+    """(chip, a node, largest share, capacity) per chip of the stage, the stage's chip first."""
+    out: dict[str, list] = {}
+    for r in shape.replicas:
+        node = cluster.node(r.node)
+        entry = out.setdefault(node.chip, [node, 0, float("inf")])
+        entry[1] = max(entry[1], r.batch_share)
+        entry[2] = min(entry[2], cluster.device_memory_bytes(node))
+    order = sorted(out, key=lambda c: (c != shape.chip, list(out).index(c)))
+    return [(c, out[c][0], out[c][1], out[c][2]) for c in order]
 
 
 def make_context(*, cluster: Cluster, shape: StageShape, tables: StageTables, index: int,
                  num_stages: int, micro_batches: int, training: TrainingConfig,
-                 prev: StageShape | None, nxt: StageShape | None) -> StageContext:
-    """Bind a stage shape to its position and neighbours."""
+                 prev: StageShape | None, nxt: StageShape | None,
+                 lane_tables=None) -> StageContext:
+    """Bind a stage shape to its position and neighbours.
+
+    ``lane_tables(chip, node, share)`` builds the tables of the other chips of a stage that
+    mixes chips (only needed then)."""
     from autosplit.cost.memory import in_flight_micro_batches
 
     nodes = [cluster.node(n) for n in shape.node_names]
@@ -215,7 +292,17 @@ def make_context(*, cluster: Cluster, shape: StageShape, tables: StageTables, in
         link_out = cluster.link_between(last, cluster.node(nxt.node_names[0]))
         share_out = max(nxt.max_share, shape.max_share)
     dp_nodes = [cluster.node(r.node) for r in shape.replicas]
-    capacity = min(cluster.device_memory_bytes(n) for n in nodes) - training.memory_reserve_gb * 1e9
+    reserve = training.memory_reserve_gb * 1e9
+    groups = lane_groups(cluster, shape)
+    lanes: tuple[Lane, ...] = ()
+    if len(groups) > 1:
+        if lane_tables is None:
+            raise ValueError("a stage mixing chips needs lane_tables")
+        lanes = tuple(Lane(chip=cluster.chips[c], capacity=cap - reserve, share=share,
+                           tables=lane_tables(c, node, share))
+                      for c, node, share, cap in groups)
+        tables = lanes[0].tables
+    capacity = groups[0][3] - reserve
     return StageContext(
         index=index, num_stages=num_stages, shape=shape, tables=tables,
         capacity=capacity,
@@ -223,8 +310,8 @@ def make_context(*, cluster: Cluster, shape: StageShape, tables: StageTables, in
                                           num_stages=num_stages, micro_batches=micro_batches),
         dp_link=group_bandwidth(cluster, dp_nodes), link_in=link_in, link_out=link_out,
         share_in=share_in, share_out=share_out, training=training,
-        chip=cluster.chips[shape.chip],
+        chip=cluster.chips[shape.chip], lanes=lanes,
     )
 
 
-__all__.append("make_context")
+__all__ += ["make_context", "lane_groups", "lane_memory"]

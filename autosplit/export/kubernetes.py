@@ -166,16 +166,18 @@ def kubernetes_manifests(plan: Plan, *, options: KubernetesOptions) -> list[dict
     rank = 0
     pod_index = 0
     for stage in plan.stages:
-        device, memory = device_resource(stage.chip, vendors=options.vendors,
-                                         resources=options.resources)
-        limits: dict[str, object] = {device: stage.tp}
-        if options.request_memory and memory:
-            limits[memory] = _memory_mib(plan, stage.index)
         for r, replica in enumerate(stage.replicas):
+            # A stage may mix chips of one collective group: each replica asks for its own.
+            chip = replica.chip or stage.chip
+            device, memory = device_resource(chip, vendors=options.vendors,
+                                             resources=options.resources)
+            limits: dict[str, object] = {device: stage.tp}
+            if options.request_memory and memory:
+                limits[memory] = _memory_mib(plan, stage.index)
             name = f"{job}-s{stage.index}-r{r}"
             labels = {**base_labels, "autosplit.io/stage": str(stage.index),
-                      "autosplit.io/replica": str(r), CHIP_LABEL: _label_value(stage.chip)}
-            selector = {CHIP_LABEL: _label_value(stage.chip)}
+                      "autosplit.io/replica": str(r), CHIP_LABEL: _label_value(chip)}
+            selector = {CHIP_LABEL: _label_value(chip)}
             if options.pin_nodes:
                 selector["kubernetes.io/hostname"] = replica.node
             env = {
@@ -185,7 +187,7 @@ def kubernetes_manifests(plan: Plan, *, options: KubernetesOptions) -> list[dict
                 "AUTOSPLIT_NUM_STAGES": plan.num_stages,
                 "AUTOSPLIT_TP": stage.tp,
                 "AUTOSPLIT_DP": stage.dp,
-                "AUTOSPLIT_CHIP": stage.chip,
+                "AUTOSPLIT_CHIP": chip,
                 "AUTOSPLIT_NODE": replica.node,
                 "AUTOSPLIT_RANK_OFFSET": rank,
                 "AUTOSPLIT_POD_INDEX": pod_index,

@@ -83,9 +83,14 @@ def validate_plan(plan: Plan, *, model: ModelProfile, cluster: Cluster, source: 
                 raise bad(f"{path}.node", f"node {rep.node!r} does not exist in "
                           f"{cluster.source_file or cluster.name}",
                           f"use one of {', '.join(n.name for n in cluster.nodes)}") from None
-            if node.chip != st.chip:
+            if node.chip != st.chip and not cluster.can_share_collective(node.chip, st.chip):
                 raise bad(f"{path}.node", f"node {rep.node!r} holds {node.chip}, the stage "
-                          f"says {st.chip}", "make the stage's chip match its devices")
+                          f"says {st.chip}, and the two cannot share a collective group",
+                          "make the stage's chip match its devices, or list both chips "
+                          "under interconnect.collective_groups in the cluster file")
+            if rep.chip and rep.chip != node.chip:
+                raise bad(f"{path}.chip", f"node {rep.node!r} holds {node.chip}, the replica "
+                          f"says {rep.chip}", f"set chip to {node.chip!r} (or leave it out)")
             if len(rep.local_indices) != st.tp:
                 raise bad(f"{path}.local_indices", f"{len(rep.local_indices)} devices for "
                           f"TP={st.tp}", "a replica holds exactly tp devices of one node")
@@ -120,10 +125,16 @@ def assignments_of(plan: Plan, *, model: ModelProfile, cluster: Cluster,
         node = cluster.node(shape.replicas[0].node)
         tables = build_tables(model=model, chip=cluster.chips[st.chip], node=node, tp=st.tp,
                               share=shape.max_share, costs=costs, dtype=training.dtype)
+
+        def lane_tables(chip: str, lane_node, share: int, _tp: int = st.tp):
+            return build_tables(model=model, chip=cluster.chips[chip], node=lane_node, tp=_tp,
+                                share=share, costs=costs, dtype=training.dtype)
+
         ctx = make_context(cluster=cluster, shape=shape, tables=tables, index=s,
                            num_stages=len(shapes), micro_batches=plan.micro_batch_count,
                            training=training, prev=shapes[s - 1] if s else None,
-                           nxt=shapes[s + 1] if s + 1 < len(shapes) else None)
+                           nxt=shapes[s + 1] if s + 1 < len(shapes) else None,
+                           lane_tables=lane_tables)
         out.append(StageAssignment(ctx=ctx, start=st.layer_start, end=st.layer_end,
                                    recompute=st.recompute))
     return out

@@ -132,7 +132,8 @@ def plan_from_dict(data: Any, *, source: str = "") -> Plan:
             if not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
                 raise r.fail(f"{rpath}.local_indices", "expected a list of integers")
             reps.append(Replica(node=r.get(rd, "node", rpath, str), local_indices=tuple(idx),
-                                batch_share=r.get(rd, "batch_share", rpath, int)))
+                                batch_share=r.get(rd, "batch_share", rpath, int),
+                                chip=r.get(rd, "chip", rpath, str, default="")))
         stages.append(StagePlan(
             index=r.get(sd, "index", path, int, default=k), chip=r.get(sd, "chip", path, str),
             layer_start=r.get(sd, "layer_start", path, int),

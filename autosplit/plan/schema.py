@@ -32,12 +32,14 @@ class Replica:
     """One data-parallel replica of a stage: a TP group of devices inside one node.
 
     ``batch_share`` is the number of samples of each (global) micro-batch this replica
-    processes; replicas on faster chips may get more.
+    processes; replicas on faster chips may get more. ``chip`` is the replica's chip (the
+    node's); in a stage that mixes chips of one collective group it differs between replicas.
     """
 
     node: str
     local_indices: tuple[int, ...]
     batch_share: int
+    chip: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,12 @@ class StagePlan:
     @property
     def dp(self) -> int:
         return len(self.replicas)
+
+    @property
+    def chip_label(self) -> str:
+        """``H100``, or ``H100+A100`` for a stage whose replicas mix chips."""
+        chips = list(dict.fromkeys(r.chip or self.chip for r in self.replicas)) or [self.chip]
+        return "+".join(chips)
 
     @property
     def num_layers(self) -> int:

@@ -67,7 +67,7 @@ TIME_COLORS: dict[str, str] = {
 
 def stage_label(stage: StagePlan) -> str:
     """``S0 · H100 · TP2×DP2``."""
-    return f"S{stage.index} · {stage.chip} · TP{stage.tp}×DP{stage.dp}"
+    return f"S{stage.index} · {stage.chip_label} · TP{stage.tp}×DP{stage.dp}"
 
 
 def _stage_head(svg: Svg, st: StagePlan | None, index: int, *, y: float, h: float) -> None:
@@ -182,7 +182,7 @@ def cluster_map_svg(plan: Plan, *, node_chips: dict[str, str] | None = None) -> 
     chips = dict(node_chips or {})
     for st in plan.stages:
         for rep in st.replicas:
-            chips.setdefault(rep.node, st.chip)
+            chips.setdefault(rep.node, rep.chip or st.chip)
     node_boxes = _node_boxes(plan, chips)
     compact = len(node_boxes) > 12
     cell, gap, pad = (20, 4, 8) if compact else (46, 6, 10)

@@ -172,7 +172,7 @@ def _header(plan: Plan, notes: Sequence[str], nav: Sequence[tuple[str, str]]) ->
     note_html = "".join(f'<div class="note">{_e(n)}</div>' for n in notes)
     flow = " → ".join(
         f'<span class="chip" style="border-color:{stage_color(st.index)}">'
-        f'<b>S{st.index}</b> {_e(st.chip)} · TP{st.tp}×DP{st.dp} · units '
+        f'<b>S{st.index}</b> {_e(st.chip_label)} · TP{st.tp}×DP{st.dp} · units '
         f'{st.layer_start}–{st.layer_end - 1}{" · recompute" if st.recompute else ""}</span>'
         for st in plan.stages)
     links = "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in nav)
@@ -205,7 +205,7 @@ def _stage_table(plan: Plan) -> str:
                if sp else "—")
         rows.append(
             f'<tr><td><span class="sw" style="background:{stage_color(st.index)}"></span>'
-            f'S{st.index}</td><td>{_e(st.chip)}</td><td class="dev">{devs}</td>'
+            f'S{st.index}</td><td>{_e(st.chip_label)}</td><td class="dev">{devs}</td>'
             f'<td class="num">{st.tp}</td><td class="num">{st.dp}</td>'
             f'<td class="num">{_e(shares)}</td>'
             f'<td class="num">{st.layer_start}–{st.layer_end - 1}</td><td>{layers}</td>'

@@ -66,7 +66,7 @@ def _stage_table(plan: Plan, *, width: int) -> Table:
         if st.index == bottleneck:
             busy = f"[bold]{busy}[/]"
         cells = {
-            "stage": f"[bold]S{st.index}[/]", "chip": st.chip, "devices": _devices(st),
+            "stage": f"[bold]S{st.index}[/]", "chip": st.chip_label, "devices": _devices(st),
             "units": f"{st.layer_start}–{st.layer_end - 1}", "layers": _layers(st),
             "TP×DP": f"{st.tp}×{st.dp}", "recompute": "[green]yes[/]" if st.recompute else "no",
             "busy/mb": busy, "memory / capacity": mem, "costs": st.cost_source,

@@ -51,8 +51,13 @@ def _stage_terms(ctx: StageContext, s: int, num_stages: int, model: ModelProfile
                  blocks: list[int], pre: list[int], post: list[int], *,
                  allow_recompute: bool) -> tuple[float, float, float, float, float]:
     """(fixed work, block cost, recompute cost, blocks that fit plain, blocks that fit with
-    recomputation) for one stage."""
-    t = ctx.tables
+    recomputation) for one stage.
+
+    A stage that mixes chips is at least as busy, and holds at most as many blocks, as any
+    one of its lanes: the terms of the lane with the most work are a valid relaxation (mixing
+    lanes' terms would not be)."""
+    lane = max(ctx.all_lanes(), key=lambda ln: float(ln.tables.fwd[-1] + ln.tables.bwd[-1]))
+    t = lane.tables
     unit = np.diff(t.fwd) + np.diff(t.bwd) + np.diff(t.tpc)
     fixed = 0.0
     # The first stage runs the units before the blocks, the last those after, and transfers
@@ -73,14 +78,14 @@ def _stage_terms(ctx: StageContext, s: int, num_stages: int, model: ModelProfile
     params = min(model.layers[k].params for k in blocks)
     act = min(model.layers[k].activation_bytes for k in blocks)
     inp = min(model.layers[k].input_bytes for k in blocks)
-    share = ctx.shape.max_share
+    share = lane.share
     static = params * per_param / tp
     full = static + ctx.in_flight * share * act / tp
     kept = static + ctx.in_flight * share * inp / tp
     working = share * t.max_act / tp
     n = len(blocks)
-    k0 = float(np.floor(ctx.capacity / full)) if full > 0 else float(n)
-    k1 = (float(np.floor(max(ctx.capacity - working, 0.0) / kept)) if kept > 0 else float(n)
+    k0 = float(np.floor(lane.capacity / full)) if full > 0 else float(n)
+    k1 = (float(np.floor(max(lane.capacity - working, 0.0) / kept)) if kept > 0 else float(n)
           ) if allow_recompute else k0
     return fixed, c, r, min(k0, n), min(max(k1, k0), n)
 
@@ -99,7 +104,8 @@ def memory_aware_bound(ctxs: Sequence[StageContext], model: ModelProfile, m: int
     post = [k for k in range(len(model.layers)) if k > blocks[-1]]
     rows = []
     for s, ctx in enumerate(ctxs):
-        key = (id(ctx.tables), ctx.in_flight, ctx.capacity, ctx.link_in, ctx.link_out,
+        key = (id(ctx.tables), tuple(id(ln.tables) for ln in ctx.lanes), ctx.in_flight,
+               ctx.capacity, ctx.link_in, ctx.link_out,
                ctx.share_in, ctx.share_out, ctx.shape.dp, ctx.shape.tp, ctx.shape.max_share,
                s == 0, s == len(ctxs) - 1, allow_recompute)
         if terms_cache is not None and key in terms_cache:

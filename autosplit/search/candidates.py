@@ -18,7 +18,8 @@ from autosplit.config import SearchConfig
 from autosplit.cost.stage import StageShape
 from autosplit.plan.schema import Replica
 
-__all__ = ["Pool", "PoolOption", "find_pools", "pool_options", "stage_shapes", "divisors"]
+__all__ = ["Pool", "PoolOption", "find_pools", "mixed_pools", "members", "pool_options",
+           "stage_shapes", "mixed_replica_counts", "divisors"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,16 @@ class Pool:
     index: int
     chip: str
     nodes: tuple[Node, ...]
+    #: For a mixed pool (data-parallel replicas of two chips that share a collective group):
+    #: the nodes of each member pool, fastest chip first.
+    parts: tuple[tuple[Node, ...], ...] = ()
+    part_indices: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.parts:
+            return self.chip
+        return "+".join(dict.fromkeys(p[0].chip for p in self.parts))
 
     @property
     def devices_per_node(self) -> int:
@@ -67,9 +78,60 @@ def find_pools(cluster: Cluster) -> list[Pool]:
             for k, nodes in enumerate(groups.values())]
 
 
+def mixed_pools(pools: list[Pool], cluster: Cluster) -> list[Pool]:
+    """Pairs of pools of different chips that may share a collective group (e.g. H100 and
+    A100 over NCCL) and have the same devices per node: their devices can form stages whose
+    data-parallel replicas mix the two chips, with uneven batch shares."""
+    out: list[Pool] = []
+    for a in pools:
+        for b in pools:
+            if b.index <= a.index or a.chip == b.chip:
+                continue
+            if a.devices_per_node != b.devices_per_node:
+                continue
+            if not cluster.can_share_collective(a.chip, b.chip):
+                continue
+            fa = cluster.chips[a.chip].peak_tflops("bf16")
+            fb = cluster.chips[b.chip].peak_tflops("bf16")
+            first, second = (a, b) if fa >= fb else (b, a)
+            out.append(Pool(index=len(pools) + len(out), chip=first.chip,
+                            nodes=first.nodes + second.nodes,
+                            parts=(first.nodes, second.nodes),
+                            part_indices=(first.index, second.index)))
+    return out
+
+
+def members(pool: Pool) -> frozenset[int]:
+    """The plain pools a pool uses (itself, or both members of a mixed pool)."""
+    return frozenset(pool.part_indices) if pool.parts else frozenset((pool.index,))
+
+
+def _mixed_options(pool: Pool, search: SearchConfig, *, max_stages: int) -> list[PoolOption]:
+    g = pool.devices_per_node
+    da, db = (len(p) * g for p in pool.parts)
+
+    def legal(k: int) -> bool:
+        return (k <= g and g % k == 0) or (k > g and k % g == 0)
+
+    opts: list[PoolOption] = []
+    for n in divisors(da):
+        if db % n or n > max_stages:
+            continue
+        ka, kb = da // n, db // n
+        if not (legal(ka) and legal(kb)):
+            continue
+        for t in search.tp_degrees:
+            if t > g or g % t or ka % t or kb % t:
+                continue
+            opts.append(PoolOption(pool=pool.index, stage_devices=ka + kb, tp=t, num_stages=n))
+    return opts
+
+
 def pool_options(pool: Pool, search: SearchConfig, *, max_stages: int) -> list[PoolOption]:
     """Every legal (stage size, TP) cut of the pool. TP stays inside a node; a stage is
     either a divisor-sized slice of one node or a whole number of nodes."""
+    if pool.parts:
+        return _mixed_options(pool, search, max_stages=max_stages)
     g = pool.devices_per_node
     total = pool.num_devices
     sizes = [k for k in divisors(g)] + [g * n for n in divisors(len(pool.nodes)) if n > 1]
@@ -90,10 +152,17 @@ def _shares(total: int, parts: int) -> list[int]:
     return [base + (1 if r < extra else 0) for r in range(parts)]
 
 
-def stage_shapes(pool: Pool, option: PoolOption, *, micro_batch_samples: int
-                 ) -> list[StageShape]:
+def stage_shapes(pool: Pool, option: PoolOption, *, micro_batch_samples: int,
+                 first_share: int | None = None) -> list[StageShape]:
     """Concrete stages of one pool option: devices in node order, TP groups of consecutive
-    local indices, the micro-batch split as evenly as integers allow."""
+    local indices, the micro-batch split as evenly as integers allow.
+
+    For a mixed pool each stage takes its slice of both member pools; ``first_share`` is the
+    number of samples each replica of the first (faster) chip gets, the rest is split evenly
+    over the other chip's replicas — the uneven data-parallel split."""
+    if pool.parts:
+        return _mixed_shapes(pool, option, micro_batch_samples=micro_batch_samples,
+                             first_share=first_share)
     g = pool.devices_per_node
     devices = [(node.name, i) for node in pool.nodes for i in range(g)]
     k, t = option.stage_devices, option.tp
@@ -105,6 +174,40 @@ def stage_shapes(pool: Pool, option: PoolOption, *, micro_batch_samples: int
         for r in range(option.dp):
             grp = chunk[r * t:(r + 1) * t]
             replicas.append(Replica(node=grp[0][0], local_indices=tuple(i for _, i in grp),
-                                    batch_share=shares[r]))
+                                    batch_share=shares[r], chip=pool.chip))
+        shapes.append(StageShape(chip=pool.chip, tp=t, replicas=tuple(replicas)))
+    return shapes
+
+
+def mixed_replica_counts(pool: Pool, option: PoolOption) -> tuple[int, int]:
+    """Replicas per stage of each member of a mixed pool."""
+    g = pool.devices_per_node
+    ka = len(pool.parts[0]) * g // option.num_stages
+    kb = len(pool.parts[1]) * g // option.num_stages
+    return ka // option.tp, kb // option.tp
+
+
+def _mixed_shapes(pool: Pool, option: PoolOption, *, micro_batch_samples: int,
+                  first_share: int | None) -> list[StageShape]:
+    g = pool.devices_per_node
+    t = option.tp
+    da, db = mixed_replica_counts(pool, option)
+    if first_share is None:
+        first_share = max(1, micro_batch_samples // (da + db))
+    rest = micro_batch_samples - da * first_share
+    if first_share < 1 or rest < db:
+        return []
+    shares = [first_share] * da + _shares(rest, db)
+    part_devices = [[(node.name, i) for node in nodes for i in range(g)] for nodes in pool.parts]
+    chip_of = {node.name: node.chip for nodes in pool.parts for node in nodes}
+    shapes: list[StageShape] = []
+    for s in range(option.num_stages):
+        chunk = (part_devices[0][s * da * t:(s + 1) * da * t]
+                 + part_devices[1][s * db * t:(s + 1) * db * t])
+        replicas = []
+        for r in range(da + db):
+            grp = chunk[r * t:(r + 1) * t]
+            replicas.append(Replica(node=grp[0][0], local_indices=tuple(i for _, i in grp),
+                                    batch_share=shares[r], chip=chip_of[grp[0][0]]))
         shapes.append(StageShape(chip=pool.chip, tp=t, replicas=tuple(replicas)))
     return shapes

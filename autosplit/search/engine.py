@@ -27,7 +27,13 @@ from autosplit.cluster.schema import Cluster
 from autosplit.config import SearchConfig, TrainingConfig
 from autosplit.cost.analytic import AnalyticCosts
 from autosplit.cost.predict import StageAssignment, predict
-from autosplit.cost.stage import StageShape, StageTables, build_tables, make_context
+from autosplit.cost.stage import (
+    StageShape,
+    StageTables,
+    build_tables,
+    lane_groups,
+    make_context,
+)
 from autosplit.errors import NoFeasiblePlanError
 from autosplit.model.types import ModelProfile
 from autosplit.plan.schema import (
@@ -50,6 +56,9 @@ from autosplit.search.candidates import (
     PoolOption,
     divisors,
     find_pools,
+    members,
+    mixed_pools,
+    mixed_replica_counts,
     pool_options,
     stage_shapes,
 )
@@ -78,8 +87,37 @@ class TableCache:
                ) -> list[StageShape]:
         key = (pool.index, option, micro_batch_samples)
         if key not in self._shapes:
-            self._shapes[key] = stage_shapes(pool, option, micro_batch_samples=micro_batch_samples)
+            first = (self._mixed_first_share(pool, option, micro_batch_samples)
+                     if pool.parts else None)
+            self._shapes[key] = stage_shapes(pool, option, micro_batch_samples=micro_batch_samples,
+                                             first_share=first)
         return self._shapes[key]
+
+    def _mixed_first_share(self, pool: Pool, option: PoolOption, samples: int) -> int | None:
+        """Level 3 for a stage mixing two chips: the per-replica share of the faster chip that
+        balances the two lanes' whole-model busy time (the slower lane gets the rest)."""
+        da, db = mixed_replica_counts(pool, option)
+        best: tuple[float, int] | None = None
+        for x in range(1, samples // max(da, 1) + 1):
+            rest = samples - da * x
+            if rest < db:
+                break
+            y = -(-rest // db)
+            lanes = ((pool.parts[0][0], x), (pool.parts[1][0], y))
+            t = max(float(self.lane_tables(node.chip, node, share, option.tp).fwd[-1]
+                          + self.lane_tables(node.chip, node, share, option.tp).bwd[-1])
+                    for node, share in lanes)
+            if best is None or t < best[0] - 1e-15:
+                best = (t, x)
+        return None if best is None else best[1]
+
+    def lane_tables(self, chip: str, node, share: int, tp: int) -> StageTables:
+        key = (chip, node.intra_bw_gbs, tp, share)
+        if key not in self._tables:
+            self._tables[key] = build_tables(
+                model=self.model, chip=self.cluster.chips[chip], node=node, tp=tp,
+                share=share, costs=self.costs, dtype=self.training.dtype)
+        return self._tables[key]
 
     def context(self, shapes: list[StageShape], s: int, micro_batches: int):
         """Stage ``s`` of the pipeline ``shapes``, bound to its position and neighbours."""
@@ -89,37 +127,46 @@ class TableCache:
         key = (id(shapes[s]), id(prev), id(nxt), s, len(shapes), micro_batches)
         ctx = self._contexts.get(key)
         if ctx is None:
+            tp = shapes[s].tp
             ctx = make_context(cluster=self.cluster, shape=shapes[s],
                                tables=self.tables(shapes[s]), index=s, num_stages=len(shapes),
                                micro_batches=micro_batches, training=self.training,
-                               prev=prev, nxt=nxt)
+                               prev=prev, nxt=nxt,
+                               lane_tables=lambda c, n, sh: self.lane_tables(c, n, sh, tp))
             self._contexts[key] = ctx
         return ctx
 
     def matrices(self, ctx, *, allow_recompute: bool):
         """Range-cost matrices of a stage context; identical contexts (same tables, memory
         position and links) recur across stages and candidates, so they are built once."""
-        key = (id(ctx.tables), ctx.in_flight, ctx.capacity, ctx.link_in, ctx.link_out,
-               ctx.share_in, ctx.share_out, ctx.dp_link, ctx.shape.dp, ctx.shape.tp,
-               ctx.shape.max_share, allow_recompute)
+        key = (id(ctx.tables), tuple(id(ln.tables) for ln in ctx.lanes), ctx.in_flight,
+               ctx.capacity, ctx.link_in, ctx.link_out, ctx.share_in, ctx.share_out,
+               ctx.dp_link, ctx.shape.dp, ctx.shape.tp, ctx.shape.max_share, allow_recompute)
         if key not in self._matrices:
             self._matrices[key] = stage_matrices(ctx, self.model.num_layers,
                                                  allow_recompute=allow_recompute)
         return self._matrices[key]
 
     def tables(self, shape: StageShape) -> StageTables:
-        node = self.cluster.node(shape.replicas[0].node)
-        key = (shape.chip, node.intra_bw_gbs, shape.tp, shape.max_share)
-        if key not in self._tables:
-            self._tables[key] = build_tables(
-                model=self.model, chip=self.cluster.chips[shape.chip], node=node,
-                tp=shape.tp, share=shape.max_share, costs=self.costs, dtype=self.training.dtype)
-        return self._tables[key]
+        """Tables of the stage's own chip at its largest share among that chip's replicas."""
+        chip, node, share, _ = lane_groups(self.cluster, shape)[0]
+        return self.lane_tables(chip, node, share, shape.tp)
+
+    def lanes(self, shape: StageShape) -> list[tuple[str, StageTables, int, float]]:
+        """(chip, tables, share, capacity) per chip of the stage."""
+        reserve = self.training.memory_reserve_gb * 1e9
+        return [(c, self.lane_tables(c, node, share, shape.tp), share, cap - reserve)
+                for c, node, share, cap in lane_groups(self.cluster, shape)]
 
     def unit_costs(self, shape: StageShape) -> np.ndarray:
-        """Per-unit busy time (no recompute, no p2p) — the lower bound's ingredients."""
-        t = self.tables(shape)
-        return np.diff(t.fwd) + np.diff(t.bwd) + np.diff(t.tpc)
+        """Per-unit busy time (no recompute, no p2p) of the lane with the most work: a
+        stage is busy at least as long as any of its lanes — the lower bound's ingredients."""
+        best = None
+        for _, t, _, _ in self.lanes(shape):
+            u = np.diff(t.fwd) + np.diff(t.bwd) + np.diff(t.tpc)
+            if best is None or u.sum() > best.sum():
+                best = u
+        return best
 
 
 @dataclass(order=True)
@@ -150,15 +197,16 @@ def _water_bound(cache: TableCache, pools: list[Pool], combo: tuple[PoolOption, 
     (fewest micro-batches in flight), no fixed work."""
     rows = []
     for opt, shape in zip(combo, shapes, strict=True):
-        key = ("shape", id(cache.tables(shape)), opt, shape.max_share, search.allow_recompute)
+        key = ("shape", id(shape), opt, search.allow_recompute)
         terms = cache.bound_terms.get(key)
         if terms is None:
-            node = pools[opt.pool].nodes[0]
-            cap = (cache.cluster.device_memory_bytes(node)
-                   - cache.training.memory_reserve_gb * 1e9)
-            terms = shape_terms(tables=cache.tables(shape), tp=opt.tp, dp=opt.dp,
-                                share=shape.max_share, capacity=cap, training=cache.training,
-                                model=cache.model, allow_recompute=search.allow_recompute)
+            # A stage is busy at least as long as, and holds at most as many blocks as, any
+            # one lane: the terms of the lane with the most work are a valid relaxation.
+            _, t, share, cap = max(cache.lanes(shape),
+                                   key=lambda ln: float(ln[1].fwd[-1] + ln[1].bwd[-1]))
+            terms = shape_terms(tables=t, tp=opt.tp, dp=opt.dp, share=share, capacity=cap,
+                                training=cache.training, model=cache.model,
+                                allow_recompute=search.allow_recompute)
             cache.bound_terms[key] = terms
         rows.extend([terms] * opt.num_stages)
     arr = np.array(rows)
@@ -178,7 +226,8 @@ def _static_fits(model: ModelProfile, cluster: Cluster, pools: list[Pool],
     room = 0.0
     for opt in options:
         pool = pools[opt.pool]
-        cap = cluster.device_memory_bytes(pool.nodes[0]) - training.memory_reserve_gb * 1e9
+        cap = (min(cluster.device_memory_bytes(n) for n in pool.nodes)
+               - training.memory_reserve_gb * 1e9)
         per_param = 2.0 * training.dtype_bytes + (training.optimizer_bytes_per_param /
                                                   (opt.dp if training.zero1 else 1))
         room += opt.num_stages * max(cap, 0.0) * opt.tp / per_param
@@ -246,7 +295,7 @@ def _uniform_recompute(stages: list[StageAssignment]) -> list[StageAssignment] |
 
 
 def _describe(options: tuple[PoolOption, ...], pools: list[Pool], m: int) -> str:
-    parts = [f"{o.num_stages}×{pools[o.pool].chip}[TP{o.tp}·DP{o.dp}]" for o in options]
+    parts = [f"{o.num_stages}×{pools[o.pool].label}[TP{o.tp}·DP{o.dp}]" for o in options]
     return " → ".join(parts) + f", m={m}"
 
 
@@ -258,7 +307,10 @@ def search_plan(*, model: ModelProfile, cluster: Cluster, training: TrainingConf
     costs = costs or AnalyticCosts()
     say = progress or (lambda _msg: None)
     cache = TableCache(model=model, cluster=cluster, costs=costs, training=training)
-    pools = find_pools(cluster)
+    plain = find_pools(cluster)
+    # Mixed pools (replicas of two chips of one collective group in the same stages, with
+    # uneven batch shares) are not expressible by the runtimes a --target names.
+    pools = plain + ([] if search.target else mixed_pools(plain, cluster))
     n_units = model.num_layers
     max_stages = min(search.max_stages or n_units, n_units)
     _check_static_memory(model, cluster, training)
@@ -266,11 +318,20 @@ def search_plan(*, model: ModelProfile, cluster: Cluster, training: TrainingConf
     pruned: dict[str, int] = {"lower_bound": 0, "memory": 0, "batch": 0, "stages": 0,
                               "target": 0, "infeasible": 0}
     per_pool = [pool_options(p, search, max_stages=max_stages) for p in pools]
+    everything = frozenset(range(len(plain)))
+
+    def covers_all(options: tuple[PoolOption, ...]) -> bool:
+        return frozenset().union(*(members(pools[o.pool]) for o in options)) == everything
+
     subsets: list[tuple[int, ...]] = []
     for r in range(len(pools), 0, -1):
-        if r < len(pools) and not search.allow_idle:
-            break
-        subsets.extend(itertools.combinations(range(len(pools)), r))
+        for subset in itertools.combinations(range(len(pools)), r):
+            used = [members(pools[i]) for i in subset]
+            if sum(len(u) for u in used) != len(frozenset().union(*used)):
+                continue  # two pools of the subset share nodes
+            if not search.allow_idle and frozenset().union(*used) != everything:
+                continue
+            subsets.append(subset)
     m_choices = divisors(training.global_batch)
     blocks = np.array([layer.kind == "block" for layer in model.layers])
     max_share = max(search.micro_batch_sizes)
@@ -300,8 +361,11 @@ def search_plan(*, model: ModelProfile, cluster: Cluster, training: TrainingConf
                     if not _expressible(combo, b_mb, search.target):
                         pruned["target"] += 1
                         continue
-                    shapes = [stage_shapes(pools[o.pool], o, micro_batch_samples=b_mb)[0]
-                              for o in combo]
+                    built = [cache.shapes(pools[o.pool], o, b_mb) for o in combo]
+                    if any(not b or b[0].max_share > max_share for b in built):
+                        pruned["batch"] += 1
+                        continue
+                    shapes = [b[0] for b in built]
                     costs_ = [cache.unit_costs(s) for s in shapes]
                     lb = order_free_bound(costs_, [o.num_stages for o in combo], m, blocks)
                     base = float(np.vstack(costs_).min(axis=0).sum())
@@ -340,7 +404,7 @@ def search_plan(*, model: ModelProfile, cluster: Cluster, training: TrainingConf
             return
         order = cand.options
         explored += 1
-        full_pool = len(order) == len(pools)
+        full_pool = covers_all(order)
         ub = math.inf if best is None else best.iteration_s
         if full_pool and best_all is not None:
             ub = max(ub, best_all.iteration_s)
@@ -369,7 +433,7 @@ def search_plan(*, model: ModelProfile, cluster: Cluster, training: TrainingConf
             break
         if best is not None and cand.bound >= best.iteration_s * (1 - 1e-9):
             pruned["lower_bound"] += 1
-            if len(cand.options) == len(pools) and best_all is None:
+            if covers_all(cand.options) and best_all is None:
                 deferred.append(cand)
             continue
         visit(cand, heap)

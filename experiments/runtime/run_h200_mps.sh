@@ -4,8 +4,9 @@
 # and the uniform plan (made beforehand by make_plans.py, which needs OR-Tools) one after the
 # other, each for STEPS optimizer steps with bf16 weights and fp32 master weights (the
 # runtime's default precision), then AUTOCAST_STEPS steps of the searched plan with the old
-# autocast path (0: skip), whose first-step health check locates its non-finite loss. Leaves
-# measured_*.json and logs in $OUT.
+# autocast path (0: skip), whose first-step health check locates its non-finite loss. If the
+# searched plan's loss is not finite, it is run once more with the math attention backend.
+# Leaves measured_*.json, env.txt and runs.log (all output) in $OUT.
 #
 #   OUT=/tmp/out bash experiments/runtime/run_h200_mps.sh
 #   DIAG=1 also runs diagnose_cuda.py (single process, per attention backend) first.
@@ -49,12 +50,16 @@ PY
   # shellcheck disable=SC2086
   python3 -m autosplit run "$plan" experiments/models/gpt.py --device cuda --backend gloo \
     --cuda-devices 0,0 $rank_env --steps "$steps" --warmup "$warmup" --timeout "$timeout" \
-    "$@" -o "$OUT/measured_$name.json" 2>&1 | tee "$OUT/run_$name.log" \
-    || echo "== $name failed"
+    "$@" -o "$OUT/measured_$name.json" 2>&1 | tee -a "$OUT/runs.log" \
+    || echo "== $name failed" | tee -a "$OUT/runs.log"
 }
 
 run searched searched "$STEPS" "$WARMUP" 150
 run uniform uniform "$STEPS" "$WARMUP" 150
+finite=$(python3 -c "import json,math,sys; l=json.load(open(sys.argv[1]))['loss']; print(int(bool(l) and all(map(math.isfinite, l))))" "$OUT/measured_searched.json" 2>/dev/null || echo 0)
+if [ "$finite" != 1 ]; then
+  run searched_math searched 4 1 100 --attention-backend math
+fi
 if [ "$AUTOCAST_STEPS" -gt 0 ]; then
   run autocast_searched searched "$AUTOCAST_STEPS" 1 100 --precision autocast
 fi
