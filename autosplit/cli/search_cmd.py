@@ -50,10 +50,12 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print the plan JSON to stdout."),
     report: Path | None = typer.Option(None, "--report", help="Also write an HTML report."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
+    no_cache: bool = typer.Option(False, "--no-cache",
+                                  help="Re-ingest the model instead of using the cached profile."),
 ) -> None:
     """Search the best split plan for MODEL on CLUSTER."""
     from autosplit.cluster.load import load_cluster
-    from autosplit.model.ingest import ingest_model
+    from autosplit.model.cache import ingest_model_cached
     from autosplit.plan.context import cost_provider
     from autosplit.plan.io import plan_to_json, save_plan
     from autosplit.search.baselines import uniform_split
@@ -88,8 +90,8 @@ def search(
                        solver=_check_choice(solver, ("dp", "cpsat"), "--solver"))
     cl = load_cluster(cluster, chip_dirs=tuple(chips_dir))
     with console.status("ingesting model on the meta device…"):
-        prof = ingest_model(str(model), model_args=parse_model_args(model_arg),
-                            seq_len=seq_len, dtype=dtype)
+        prof = ingest_model_cached(str(model), model_args=parse_model_args(model_arg),
+                                   seq_len=seq_len, dtype=dtype, use_cache=not no_cache)
     params = (f"{prof.total_params / 1e9:.2f} B" if prof.total_params >= 1e8
               else f"{prof.total_params / 1e6:.2f} M")
     console.print(f"[dim]model[/] {prof.name}: {params} parameters, "

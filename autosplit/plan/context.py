@@ -54,14 +54,14 @@ def load_plan_context(plan: Plan, *, model_path: str | None = None,
                       cluster_path: str | None = None, model_args: dict[str, str] | None = None,
                       plan_file: str | None = None) -> PlanContext:
     from autosplit.cluster.load import load_cluster
-    from autosplit.model.ingest import ingest_model
+    from autosplit.model.cache import ingest_model_cached
 
     mpath = model_path or _resolve(plan.model.source_file, plan_file, "model file", "--model")
     cpath = cluster_path or _resolve(plan.cluster.source_file, plan_file, "cluster file",
                                      "--cluster")
     args = dict(plan.model.model_args) if model_args is None else model_args
-    model = ingest_model(mpath, model_args=args, seq_len=plan.model.seq_len,
-                         dtype=plan.model.dtype)
+    model = ingest_model_cached(mpath, model_args=args, seq_len=plan.model.seq_len,
+                                dtype=plan.model.dtype)
     cluster = load_cluster(cpath)
     return PlanContext(model=model, cluster=cluster,
                        costs=cost_provider(model=model, chips=cluster.chip_types()))
