@@ -56,6 +56,11 @@ class SearchConfig:
     #: Exact level-2 solves before the search stops with the best plan so far. Unlike the
     #: wall-clock limit this budget is deterministic: the same inputs give the same plan.
     max_solves: int = 2000
+    #: Candidates whose bound is below the best plan that CP-SAT re-solves exactly at the end
+    #: (closing the gap the DP leaves on the post-pipeline tail), and its deterministic time
+    #: budget per candidate (OR-Tools' deterministic seconds).
+    certify_max: int = 0
+    certify_time: float = 2.0
     #: Micro-batch sizes (samples per data-parallel replica) the search may choose.
     micro_batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
     #: Upper bound on pipeline depth; 0 means "as many stages as layers allow".

@@ -46,6 +46,9 @@ def search(
                                help="Only plans megatron | torchtitan | deepspeed can run."),
     solver: str = typer.Option("dp", "--solver",
                                help="Layer-split solver: dp (exact, fast) | cpsat (OR-Tools)."),
+    certify: int = typer.Option(0, "--certify",
+                                help="Re-solve up to N open candidates exactly with CP-SAT "
+                                     "to shrink the reported optimality gap."),
     chips_dir: list[Path] = typer.Option([], "--chips-dir", help="Extra chip directories."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan JSON to stdout."),
     report: Path | None = typer.Option(None, "--report", help="Also write an HTML report."),
@@ -87,7 +90,8 @@ def search(
                        tp_degrees=parse_int_list(tp_degrees, option="--tp"),
                        max_stages=max_stages, allow_idle=not no_idle,
                        allow_recompute=not no_recompute, target=target,
-                       solver=_check_choice(solver, ("dp", "cpsat"), "--solver"))
+                       solver=_check_choice(solver, ("dp", "cpsat"), "--solver"),
+                       certify_max=max(certify, 0))
     cl = load_cluster(cluster, chip_dirs=tuple(chips_dir))
     with console.status("ingesting model on the meta device…"):
         prof = ingest_model_cached(str(model), model_args=parse_model_args(model_arg),

@@ -282,6 +282,32 @@ def _solve(cache: TableCache, pools: list[Pool], options: tuple[PoolOption, ...]
                    lower_bound=res.lower_bound if not res.exact else total)
 
 
+def _certify(cache: TableCache, pools: list[Pool], kept: list[_Solved], best: _Solved, *,
+             training: TrainingConfig, search: SearchConfig, pruned: dict[str, int]) -> None:
+    """Close the gap the DP leaves on the post-pipeline tail: candidates whose proven bound is
+    below the best plan are re-solved by CP-SAT, which is exact for the full objective. Only
+    stage ranges that could still beat the best plan are modelled (a slower stage cannot), so
+    the models stay small. A deterministic time budget keeps the result machine-independent."""
+    from autosplit.search.layer_split import _dp
+    from autosplit.search.layer_split_cpsat import solve_split_cpsat
+
+    open_ = sorted((r for r in kept if r.lower_bound < best.iteration_s * (1 - 1e-3)),
+                   key=lambda r: r.lower_bound)
+    for res in open_[:search.certify_max]:
+        m = res.micro_batches
+        mats = [cache.matrices(st.ctx, allow_recompute=search.allow_recompute)
+                for st in res.stages]
+        s_inf, _ = _dp(mats, float("inf"))
+        max_busy = (best.iteration_s - s_inf) / max(m - 1, 1)
+        cp = solve_split_cpsat(mats, micro_batches=m, time_limit_s=search.certify_time,
+                               max_busy=max_busy)
+        pruned["certified"] = pruned.get("certified", 0) + 1
+        if cp is None:  # nothing under the limit can beat the best plan
+            res.lower_bound = best.iteration_s
+        else:
+            res.lower_bound = max(res.lower_bound, min(cp.lower_bound, best.iteration_s))
+
+
 def _uniform_recompute(stages: list[StageAssignment]) -> list[StageAssignment] | None:
     from autosplit.cost.stage import range_memory
 
@@ -445,6 +471,8 @@ def search_plan(*, model: ModelProfile, cluster: Cluster, training: TrainingConf
         if time.perf_counter() - t0 > search.time_limit_s or explored >= search.max_solves:
             break
         visit(cand, deferred)
+    if best is not None and not timed_out and search.certify_max > 0:
+        _certify(cache, pools, kept, best, training=training, search=search, pruned=pruned)
     if best is not None:
         inexact_bound = min([best.iteration_s] + [r.lower_bound for r in kept])
     if best is None:

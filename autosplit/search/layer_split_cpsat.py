@@ -30,8 +30,14 @@ _SCALE = 1e9  # seconds → integer nanoseconds
 
 
 def solve_split_cpsat(mats: Sequence[StageMatrices], *, micro_batches: int,
-                      time_limit_s: float = 10.0, hint: bool = True) -> SplitResult | None:
-    """Solve the split with CP-SAT (single worker, so the answer is deterministic)."""
+                      time_limit_s: float = 10.0, hint: bool = True,
+                      max_busy: float | None = None) -> SplitResult | None:
+    """Solve the split with CP-SAT (single worker and a deterministic time limit, so the
+    answer does not depend on the machine).
+
+    ``max_busy`` drops every stage range busier than that: used to certify a candidate
+    against a known plan, since no split with a slower stage can beat it. ``None`` is
+    returned when nothing is feasible under the limit."""
     from ortools.sat.python import cp_model
 
     n = mats[0].busy.shape[0]  # number of boundaries = units + 1
@@ -49,6 +55,8 @@ def solve_split_cpsat(mats: Sequence[StageMatrices], *, micro_batches: int,
                 if s == p - 1 and j != last:
                     continue
                 if not np.isfinite(mt.busy[i, j]):
+                    continue
+                if max_busy is not None and mt.busy[i, j] > max_busy:
                     continue
                 vars_s[(i, j)] = model.new_bool_var(f"x_{s}_{i}_{j}")
                 busy_max = max(busy_max, int(round(mt.busy[i, j] * _SCALE)))
@@ -87,7 +95,7 @@ def solve_split_cpsat(mats: Sequence[StageMatrices], *, micro_batches: int,
                 for k, v in x[s].items():
                     model.add_hint(v, k == key)
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit_s
+    solver.parameters.max_deterministic_time = time_limit_s
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = 0
     status = solver.solve(model)
