@@ -192,7 +192,7 @@ def test_check_fails_on_worse_plan_slower_search_or_lost_plan() -> None:
 
 def test_check_ignores_noise_below_the_time_floor_and_notes_suite_changes() -> None:
     tiny = _frame(search_cpu_s=[1.0, 0.01], time_ratio=[1.0, 0.01])
-    fast = _frame(search_cpu_s=[1.0, 0.04], time_ratio=[1.0, 0.04])
+    fast = _frame(search_cpu_s=[1.0, 0.15], time_ratio=[1.0, 0.15])
     assert not [f for f in compare(fast, tiny) if f.failed]
     extra = pd.concat([_frame(), _frame(name=["new", "y"])], ignore_index=True)
     kinds = {(f.case, f.what, f.failed) for f in compare(extra.iloc[[0, 2]], _frame())}

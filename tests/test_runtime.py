@@ -185,6 +185,10 @@ def test_device_and_batch_refusals(tmp_path: Path, capsys: pytest.CaptureFixture
     assert _run_code(tmp_path, plan, "--backend", "nccl") == 2
     assert "NCCL needs CUDA" in capsys.readouterr().err
     assert _run_code(tmp_path, plan, "--device", "tpu") == 2
+    assert _run_code(tmp_path, plan, "--precision", "half") == 2
+    assert "unknown precision" in capsys.readouterr().err
+    assert _run_code(tmp_path, plan, "--dtype", "fp8") == 2
+    assert "unknown dtype" in capsys.readouterr().err
     d = _plan_dict([(0, 3, False), (3, 6, False)], dp=2, global_batch=8, micro_batches=2)
     d["stages"][1]["replicas"] = d["stages"][1]["replicas"][:1]
     uneven_dp = _write(tmp_path, d, "dp.json")
@@ -485,8 +489,30 @@ def test_first_nonfinite_names_the_innermost_module_and_micro_batch() -> None:
     model(torch.randn(3, 4))
     assert watch.found is not None
     assert watch.found.startswith("output of 1.0 (Linear)") and "micro-batch 1" in watch.found
-    assert "inputs are finite" in watch.found
+    assert "inputs are finite" in watch.found and "parameters not finite" in watch.found
+    assert watch.found.endswith("it is not finite")  # a bad weight: the fault repeats
     watch.disarm()
     watch.found = None
     model(torch.randn(3, 4))
     assert watch.found is None  # disarmed: no hooks left
+
+
+class _FlakyLinear(torch.nn.Linear):
+    """Gives NaN on its first call only, like a kernel that raced."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = super().forward(x)
+        return out * float("nan") if self.calls == 1 else out
+
+
+def test_first_nonfinite_tells_a_transient_fault_from_a_repeating_one() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), _FlakyLinear(4, 4))
+    watch = FirstNonFinite(model)
+    watch.arm()
+    model(torch.randn(3, 4))
+    watch.disarm()
+    assert watch.found is not None and watch.found.startswith("output of 1 (_FlakyLinear)")
+    assert "parameters finite" in watch.found and watch.found.endswith("it is finite")

@@ -91,3 +91,12 @@ def test_plan_without_prediction_is_refused(tmp_path: Path,
     path.write_text(json.dumps(d))
     assert main(["validate", str(path), str(MEASURED)]) == 2
     assert "no prediction" in capsys.readouterr().err
+
+
+def test_measurements_record_their_precision() -> None:
+    # The current run used master weights; files written before the field existed were
+    # autocast runs and still load (and validate) as such.
+    assert load_measured(str(MEASURED)).precision == "master"
+    earlier = load_measured(str(RUNTIME / "results" / "autocast" / "measured_searched.json"))
+    assert earlier.precision == "autocast"
+    assert compare(load_plan(PLAN), earlier).measured_iteration_s == earlier.median_step_s

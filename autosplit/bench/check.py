@@ -27,7 +27,7 @@ __all__ = ["EXIT_REGRESSION", "PLAN_TOLERANCE", "TIME_FACTOR", "TIME_FLOOR_S", "
 EXIT_REGRESSION = 5
 PLAN_TOLERANCE = 0.01
 TIME_FACTOR = 2.0
-TIME_FLOOR_S = 0.05
+TIME_FLOOR_S = 0.2
 
 _REQUIRED = ("name", "iteration_s", "search_cpu_s", "time_ratio")
 

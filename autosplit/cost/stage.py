@@ -67,9 +67,24 @@ class StageTables:
     act: np.ndarray
     inp: np.ndarray
     out_bytes: np.ndarray  # per unit (length L): bytes of its output per sample
-    max_act: float  # largest per-sample activation of one unit (recompute working set)
+    max_act: float  # largest per-sample activation of one unit in the model
     sources: frozenset[str] = field(default_factory=frozenset)
     unit_sources: tuple[str, ...] = ()
+    unit_act: np.ndarray | None = None  # per unit (length L): saved activation bytes per sample
+    _range_max: np.ndarray | None = None
+
+    def range_max_act(self, i, j):
+        """Largest per-sample activation of one unit in ``[i, j)`` (scalar or broadcast)."""
+        if np.ndim(i) == 0 and np.ndim(j) == 0:
+            i, j = int(i), int(j)
+            return float(self.unit_act[i:j].max()) if j > i else 0.0
+        if self._range_max is None:
+            n = self.unit_act.size
+            table = np.zeros((n + 1, n + 1))
+            for a in range(n):
+                table[a, a + 1:] = np.maximum.accumulate(self.unit_act[a:])
+            self._range_max = table
+        return self._range_max[i, j]
 
 
 def build_tables(*, model: ModelProfile, chip: ChipSpec, node: Node, tp: int, share: int,
@@ -101,7 +116,7 @@ def build_tables(*, model: ModelProfile, chip: ChipSpec, node: Node, tp: int, sh
         fwd=prefix(fwd), bwd=prefix(bwd), rec=prefix(rec), tpc=prefix(tpc),
         params=prefix(params), act=prefix(act), inp=prefix(inp), out_bytes=out,
         max_act=float(act.max()) if n else 0.0, sources=frozenset(sources),
-        unit_sources=tuple(sources),
+        unit_sources=tuple(sources), unit_act=act,
     )
 
 
@@ -200,8 +215,12 @@ def _lane_memory(ctx: StageContext, lane: Lane, i, j, recompute):
     params = (t.params[j] - t.params[i]) / tp
     static = params * (static_bytes_per_param(tr) + optimizer_bytes_per_param(tr, dp=ctx.shape.dp))
     share = lane.share
-    full = ctx.in_flight * share * (t.act[j] - t.act[i]) / tp
-    kept = ctx.in_flight * share * (t.inp[j] - t.inp[i]) / tp + share * t.max_act / tp
+    # While a unit runs its backward, its activation gradients (about the size of what it
+    # saved) exist beside everything in flight; with recomputation the unit's recomputed
+    # activations do too. One unit's worth — the largest of the range — is the working set.
+    working = share * t.range_max_act(i, j) / tp
+    full = ctx.in_flight * share * (t.act[j] - t.act[i]) / tp + working
+    kept = ctx.in_flight * share * (t.inp[j] - t.inp[i]) / tp + working
     return static, np.where(recompute, kept, full)
 
 

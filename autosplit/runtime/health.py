@@ -7,7 +7,10 @@ for the first step only, every module of the stage gets a forward hook that chec
 whose output is not finite — inner modules finish before their parents, so that is the
 innermost culprit — is reported with the micro-batch it happened in and the largest magnitude
 among its inputs: a finite, moderate input with a non-finite output points at the module's own
-computation (its weights or a kernel), a huge input at the stages before it.
+computation, a huge input at the stages before it. To tell the module's own computation
+apart further, the report says whether its parameters are finite at that moment and whether
+running it again on the same input (no gradient) gives a finite output: a deterministic fault
+(bad weights or values) repeats, a transient one (a kernel or memory race) does not.
 """
 
 from __future__ import annotations
@@ -81,8 +84,14 @@ class FirstNonFinite:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if self.found is not None or all_finite(output):
                 return
+            self.found = "(being examined)"  # the repeat below must not report itself
+            params_ok = all_finite(tuple(module.parameters()))
+            with torch.no_grad():
+                again = "finite" if all_finite(module(*args)) else "not finite"
             self.found = (f"output of {name} ({type(module).__name__}) is not finite in "
                           f"micro-batch {self._micro_batch}; its inputs are "
-                          f"{'finite' if all_finite(args) else 'not finite'}, largest finite "
-                          f"|input| {_largest(args):.3g}")
+                          f"{'finite' if all_finite(args) else 'not finite'} (largest finite "
+                          f"|input| {_largest(args):.3g}), its parameters "
+                          f"{'finite' if params_ok else 'not finite'}; run again on the same "
+                          f"input it is {again}")
         return hook

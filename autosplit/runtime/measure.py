@@ -24,7 +24,8 @@ import torch
 from autosplit.errors import BadInputError
 from autosplit.plan.schema import Plan
 
-__all__ = ["MEASURED_SCHEMA", "RankResult", "MeasuredRun", "plan_fingerprint", "peak_rss_bytes",
+__all__ = ["MEASURED_SCHEMA", "RankResult", "MeasuredRun", "plan_fingerprint",
+           "fingerprint_matches", "peak_rss_bytes",
            "summarise", "save_measured", "load_measured", "device_name"]
 
 MEASURED_SCHEMA = "autosplit.measured/1"
@@ -83,15 +84,39 @@ class MeasuredRun:
         return asdict(self)
 
 
-def plan_fingerprint(plan: Plan) -> str:
-    """Hash of what the runtime executes (stages, batch, schedule), not of the prediction."""
+def _executed(plan: Plan) -> dict[str, Any]:
     d = plan.to_dict()
     keep = {k: d[k] for k in ("model", "global_batch", "micro_batch_count", "schedule",
                               "zero1", "stages")}
     for stage in keep["stages"]:
         stage.pop("cost_source", None)
-    text = json.dumps(keep, sort_keys=True, default=str)
+    return keep
+
+
+def _drop_unset(value: Any) -> Any:
+    """Leave out fields that are "" or None, so that a field added to the plan later with an
+    empty default does not change the fingerprint of plans that do not use it."""
+    if isinstance(value, dict):
+        return {k: _drop_unset(v) for k, v in value.items() if v not in ("", None)}
+    if isinstance(value, (list, tuple)):
+        return [_drop_unset(v) for v in value]
+    return value
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    """Hash of what the runtime executes (stages, batch, schedule), not of the prediction."""
+    return _digest(_drop_unset(_executed(plan)))
+
+
+def fingerprint_matches(plan: Plan, fingerprint: str) -> bool:
+    """Whether measurements carrying ``fingerprint`` are of ``plan``: the current fingerprint,
+    or the earlier form that hashed unset fields too (files written before the change)."""
+    return fingerprint in (plan_fingerprint(plan), _digest(_executed(plan)))
 
 
 def peak_rss_bytes() -> int:

@@ -41,7 +41,8 @@ from autosplit.runtime.measure import RankResult, device_name, peak_rss_bytes
 from autosplit.runtime.precision import DTYPES, LossScaler, MasterWeightOptimizer
 from autosplit.runtime.stage_builder import StageModule, build_stage
 
-__all__ = ["run_rank", "TORCH_DTYPES", "default_loss", "make_optimizer"]
+__all__ = ["run_rank", "TORCH_DTYPES", "default_loss", "make_optimizer",
+           "make_master_optimizer"]
 
 TORCH_DTYPES: dict[str, torch.dtype] = DTYPES
 

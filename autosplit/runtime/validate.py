@@ -14,7 +14,7 @@ from typing import Any
 
 from autosplit.errors import BadInputError
 from autosplit.plan.schema import Plan
-from autosplit.runtime.measure import MeasuredRun, plan_fingerprint
+from autosplit.runtime.measure import MeasuredRun, fingerprint_matches, plan_fingerprint
 
 __all__ = ["StageComparison", "Validation", "compare", "error_pct"]
 
@@ -71,7 +71,7 @@ def compare(plan: Plan, measured: MeasuredRun, *, plan_path: str = "",
         raise BadInputError("the plan has no prediction", file=plan_path, field="prediction",
                             fix="re-cost it with `autosplit evaluate PLAN -o PLAN`")
     fingerprint = plan_fingerprint(plan)
-    if measured.plan_fingerprint != fingerprint:
+    if not fingerprint_matches(plan, measured.plan_fingerprint):
         raise BadInputError(
             f"the measurements are of another plan (fingerprint {measured.plan_fingerprint}, "
             f"this plan {fingerprint})", file=measured_path, field="plan_fingerprint",

@@ -82,9 +82,9 @@ def _stage_terms(ctx: StageContext, s: int, num_stages: int, model: ModelProfile
     static = params * per_param / tp
     full = static + ctx.in_flight * share * act / tp
     kept = static + ctx.in_flight * share * inp / tp
-    working = share * t.max_act / tp
+    working = share * act / tp  # a range holding a block works with at least one block's
     n = len(blocks)
-    k0 = float(np.floor(lane.capacity / full)) if full > 0 else float(n)
+    k0 = float(np.floor(max(lane.capacity - working, 0.0) / full)) if full > 0 else float(n)
     k1 = (float(np.floor(max(lane.capacity - working, 0.0) / kept)) if kept > 0 else float(n)
           ) if allow_recompute else k0
     return fixed, c, r, min(k0, n), min(max(k1, k0), n)
@@ -192,9 +192,9 @@ def shape_terms(*, tables, tp: int, dp: int, share: int, capacity: float, traini
     static = min(model.layers[k].params for k in blocks) * per_param / tp
     full = static + share * min(model.layers[k].activation_bytes for k in blocks) / tp
     kept = static + share * min(model.layers[k].input_bytes for k in blocks) / tp
-    working = share * tables.max_act / tp
+    working = share * min(model.layers[k].activation_bytes for k in blocks) / tp
     n = len(blocks)
-    k0 = float(np.floor(capacity / full)) if full > 0 else float(n)
+    k0 = float(np.floor(max(capacity - working, 0.0) / full)) if full > 0 else float(n)
     k1 = (float(np.floor(max(capacity - working, 0.0) / kept)) if kept > 0 else float(n)
           ) if allow_recompute else k0
     return c, r, min(k0, n), min(max(k1, k0), n)
