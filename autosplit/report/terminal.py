@@ -127,9 +127,19 @@ def render_plan_summary(plan: Plan, console: Console, *,
         bsp = next((s for s in pred.stages if s.index == pred.bottleneck_stage), None)
         if bn is not None and bsp is not None:
             console.print(
-                f"[bold]bottleneck[/]: stage {bn.index} ({bn.chip}, units {bn.layer_start}–"
+                f"[bold]bottleneck[/]: stage {bn.index} ({bn.chip_label}, units {bn.layer_start}–"
                 f"{bn.layer_end - 1}), busy {fmt_seconds(bsp.busy_s)} per micro-batch",
                 highlight=False)
+    for st in plan.stages:
+        shares = [r.batch_share for r in st.replicas]
+        if len(set(shares)) > 1:
+            by_chip: dict[str, list[int]] = {}
+            for r in st.replicas:
+                by_chip.setdefault(r.chip or st.chip, []).append(r.batch_share)
+            parts = ", ".join(f"{chip} {'/'.join(map(str, sorted(set(v), reverse=True)))}"
+                              f" ×{len(v)}" for chip, v in by_chip.items())
+            console.print(f"[bold]uneven batch shares[/] S{st.index} (samples per replica per "
+                          f"micro-batch): {parts}", highlight=False)
     if plan.idle_devices:
         console.print(f"[bold]idle devices[/] ({len(plan.idle_devices)}): "
                       f"{', '.join(plan.idle_devices)}", highlight=False)
