@@ -127,6 +127,11 @@ def bound_from_terms(*, fixed: np.ndarray, c: np.ndarray, r: np.ndarray, k0: np.
     """The water-filling bound from per-stage terms (see ``memory_aware_bound``)."""
     if float(k1.sum()) < n_blocks:
         return float("inf"), float("inf")
+    # Stages with identical terms (the stages of one pool) are counted once, with a weight.
+    rows, weight = np.unique(np.stack([fixed, c, r, k0, k1], axis=1), axis=0,
+                             return_counts=True)
+    fixed, c, r, k0, k1 = rows.T
+    weight = weight.astype(float)
     c_safe = np.where(c > 0, c, 1e-30)
     cr_safe = np.where(c + r > 0, c + r, 1e-30)
 
@@ -150,7 +155,7 @@ def bound_from_terms(*, fixed: np.ndarray, c: np.ndarray, r: np.ndarray, k0: np.
 
     def holds(u: float) -> bool:
         plain, extra = slots(np.array([u]))
-        return float((plain + extra).sum()) >= n_blocks
+        return float(((plain + extra) * weight).sum()) >= n_blocks
 
     if not holds(float(steps[-1])):
         return float("inf"), float("inf")
@@ -170,10 +175,11 @@ def bound_from_terms(*, fixed: np.ndarray, c: np.ndarray, r: np.ndarray, k0: np.
     plain, extra = slots(np.where(np.isfinite(grid), grid, 1e300))
     costs = np.concatenate([c, c + r])
     order = np.argsort(costs, kind="stable")
-    counts = np.concatenate([plain, extra], axis=1)[:, order]
+    w2 = np.concatenate([weight, weight])
+    counts = (np.concatenate([plain, extra], axis=1) * w2[None, :])[:, order]
     before = np.cumsum(counts, axis=1) - counts
     take = np.clip(n_blocks - before, 0.0, counts)
-    least = float(fixed.sum()) + (take * costs[order][None, :]).sum(axis=1)
+    least = float((fixed * weight).sum()) + (take * costs[order][None, :]).sum(axis=1)
     least = np.where(take.sum(axis=1) >= n_blocks, least, np.inf)
     lows = np.concatenate([[lo], grid[:-1]])
     best = float(np.min((m - 1) * lows + np.maximum(base, least)))

@@ -198,8 +198,19 @@ def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
                        scan_complete=True)
     # Smallest feasible threshold (binary search over the finite values, starting at a
     # proven lower bound on the slowest stage when the caller has one).
-    lo, hi = int(np.searchsorted(values, min_threshold * (1 - 1e-9))), values.size - 1
+    lo = int(np.searchsorted(values, min_threshold * (1 - 1e-9)))
+    hi = values.size - 1
     lo = min(lo, hi)
+    # The proven bound is usually within a few values of the answer: gallop up from it
+    # before bisecting.
+    step = 1
+    while lo < hi:
+        probe = min(lo + step - 1, hi)
+        if np.isfinite(_dp(mats, float(values[probe]))[0]):
+            hi = probe
+            break
+        lo = probe + 1
+        step *= 2
     while lo < hi:
         mid = (lo + hi) // 2
         val, _ = _dp(mats, float(values[mid]))
@@ -219,6 +230,11 @@ def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
         thr = float(values[k])
         floor = s_inf + (m - 1) * thr
         if floor >= best_pipe and floor + tail_lb >= best_full:
+            break
+        if floor + tail_lb >= upper_bound:
+            # Every split not scanned yet is at least ``floor``: none can beat the caller's
+            # best plan, so the bound below (min of the two) is all the caller needs.
+            best_pipe = min(best_pipe, floor)
             break
         if tried >= max_thresholds:
             complete = False
