@@ -7,6 +7,7 @@ dataclasses; everything downstream trusts them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from autosplit.chips.spec import ChipSpec
 
@@ -112,11 +113,14 @@ class Cluster:
     def num_devices(self) -> int:
         return sum(n.devices for n in self.nodes)
 
+    @cached_property
+    def _nodes_by_name(self) -> dict[str, Node]:
+        return {n.name: n for n in self.nodes}
+
     def node(self, name: str) -> Node:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(name)
+        """The node called ``name`` (``KeyError`` if none); a dict lookup, since the cost
+        model asks for nodes millions of times on large clusters."""
+        return self._nodes_by_name[name]
 
     def chip_of(self, node_name: str) -> ChipSpec:
         return self.chips[self.node(node_name).chip]

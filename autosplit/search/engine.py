@@ -475,6 +475,11 @@ def search_plan(*, model: ModelProfile, cluster: Cluster, training: TrainingConf
         _certify(cache, pools, kept, best, training=training, search=search, pruned=pruned)
     if best is not None:
         inexact_bound = min([best.iteration_s] + [r.lower_bound for r in kept])
+    if best is None and timed_out:
+        raise NoFeasiblePlanError(
+            f"the search stopped (time limit {search.time_limit_s:g} s or "
+            f"{search.max_solves} solves) before it had solved any candidate",
+            fix="raise --time-limit")
     if best is None:
         raise NoFeasiblePlanError(_explain_infeasible(model, cluster, training, pruned))
     elapsed = time.perf_counter() - t0
