@@ -159,7 +159,7 @@ def mps_section() -> None:
 
 
 def repeat_section() -> None:
-    print("## Repeat-twice agreement (gpt-1.3b, same command run twice in one session)\n")
+    print("## Repeat-twice agreement (gpt-1.3b, same command run twice in a row)\n")
     print("| unit | mb | fwd | bwd | rc+bwd |")
     print("| --- | --- | --- | --- | --- |")
     first = _csv("h200-gpt-1.3b.csv")
@@ -193,7 +193,7 @@ def tp_section() -> None:
 
 def main() -> None:
     print("# H200 profiling results\n")
-    print("Produced by `experiments/profiling/run_h200.sh` (one device call) and "
+    print("Produced by `experiments/profiling/run_h200.sh` (one run) and "
           "`experiments/profiling/analyze_h200.py`. Raw files: this folder.\n")
     chip_section()
     analytic_section()

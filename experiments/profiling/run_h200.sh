@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: chip micro-benchmarks and layer profiles on the lent H200, alone and as two
+# One run on an H200 machine: chip micro-benchmarks and layer profiles, alone and as two
 # concurrent CUDA MPS clients (75% and 25% of the SMs; shared/reference/gpu-emulation.md recipe).
 # Results go to $OUT/r and come back as one archive ($OUT/results.tgz) plus the log.
 set -u
