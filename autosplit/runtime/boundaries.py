@@ -15,7 +15,7 @@ from autosplit.errors import AutosplitError, BadInputError
 from autosplit.model.loader import ModelSource, build_on_meta
 from autosplit.model.user_code import describe_exception
 from autosplit.plan.schema import Plan
-from autosplit.runtime.data import step_batch
+from autosplit.runtime.data import dense, step_batch
 from autosplit.runtime.stage_builder import StageModule, model_partition, stage_hooks, unit_span
 
 __all__ = ["boundary_metas"]
@@ -60,6 +60,6 @@ def boundary_metas(source: ModelSource, *, plan: Plan, stage_index: int, micro_b
         current = out if isinstance(out, tuple) else (out,)
 
     def mark(ts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return tuple(t.detach().contiguous().requires_grad_(t.is_floating_point()) for t in ts)
+        return tuple(dense(t.detach()).requires_grad_(t.is_floating_point()) for t in ts)
 
     return mark(stage_inputs), mark(current)

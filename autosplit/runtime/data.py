@@ -28,9 +28,15 @@ class Batch:
     targets: torch.Tensor
 
 
+def dense(t: torch.Tensor) -> torch.Tensor:
+    """A copy with row-major strides. Not ``.contiguous()``: a slice with a size-1 dimension
+    counts as contiguous yet keeps its odd stride, and the pipeline compares strides."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+
+
 def _rows(t: Any, start: int, stop: int) -> Any:
-    # Contiguous: the pipeline checks strides against the boundary shapes it was given.
-    return t[start:stop].contiguous() if isinstance(t, torch.Tensor) else t
+    # Dense: the pipeline checks strides against the boundary shapes it was given.
+    return dense(t[start:stop]) if isinstance(t, torch.Tensor) else t
 
 
 def step_batch(source: ModelSource, *, step: int, seed: int, global_batch: int, seq_len: int,
