@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from autosplit.cli._common import parse_int_list
 from autosplit.errors import BadInputError
 
 __all__ = ["register"]
@@ -30,15 +31,7 @@ _console = Console(stderr=True)
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise BadInputError(f"'{text}' is not a comma-separated list of integers",
-                            field=option, fix=f"write e.g. {option} 1,2,4") from None
-    if not values or any(v < 1 for v in values):
-        raise BadInputError(f"'{text}' must list positive integers", field=option,
-                            fix=f"write e.g. {option} 1,2,4")
-    return tuple(sorted(set(values)))
+    return tuple(sorted(set(parse_int_list(text, option=option))))
 
 
 def _model_args(pairs: list[str]) -> dict[str, str]:

@@ -7,11 +7,10 @@ missing field names the JSON path and what was expected.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from autosplit.atomic import atomic_write_text
 from autosplit.errors import BadInputError
 from autosplit.plan.schema import (
     SCHEMA_VERSION,
@@ -28,21 +27,6 @@ from autosplit.plan.schema import (
 )
 
 __all__ = ["load_plan", "save_plan", "plan_from_dict", "plan_to_json", "atomic_write_text"]
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file and rename, so a failure never leaves a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def plan_to_json(plan: Plan) -> str:

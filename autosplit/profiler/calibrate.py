@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,18 +104,10 @@ def calibrated_chip(results: Sequence[BenchResult], *, chip: str,
 
 def write_chip_yaml(data: Mapping[str, Any], path: str | Path, *, header: str = "") -> Path:
     """Write a chip mapping as YAML atomically, keys in a stable order."""
+    from autosplit.atomic import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True, width=100)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            if header:
-                fh.write("".join(f"# {line}\n" for line in header.splitlines()))
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    comments = "".join(f"# {line}\n" for line in header.splitlines()) if header else ""
+    atomic_write_text(path, comments + text)
     return path

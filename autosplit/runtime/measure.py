@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import resource
 import statistics
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -144,18 +142,9 @@ def summarise(*, ranks: list[RankResult], warmup: int, global_batch: int,
 
 def save_measured(run: MeasuredRun, path: str) -> None:
     """Write atomically: a crash never leaves half a file behind."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".measured-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(run.to_dict(), fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from autosplit.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(run.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def load_measured(path: str) -> MeasuredRun:
