@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from autosplit import __version__
+from autosplit.atomic import atomic_write_text
 from autosplit.plan.schema import Plan
-from autosplit.report.files import atomic_write_text
 from autosplit.report.html import render_html
 from autosplit.report.measured import MeasuredRun, parse_measured
 

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from autosplit.atomic import atomic_write_bytes, atomic_write_text
 from autosplit.plan.schema import Plan
 from autosplit.report.charts import cluster_map_svg, memory_svg, time_breakdown_svg, timeline_svg
-from autosplit.report.files import atomic_write_bytes, atomic_write_text
 from autosplit.report.html import plan_timeline
 from autosplit.report.svg import Svg
 
