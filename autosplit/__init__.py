@@ -9,6 +9,12 @@ The pipeline of the tool, one folder per concern:
 - ``cost``     — the cost model: per-layer time per chip, communication, memory, pipeline time.
 - ``search``   — the three-level search tree (model → stages → layers → devices).
 - ``plan``     — the plan JSON (schema, I/O, validation, re-costing).
+- ``report``   — the HTML report, the schedule replay and the terminal summary.
+- ``export``   — configurations for Megatron-LM, torchtitan, DeepSpeed and Kubernetes (HAMi).
+- ``runtime``  — the reference runtime (``torch.distributed.pipelining``) and validation.
+- ``profiler`` — measured per-layer costs and chip calibration, the profile store, importers.
+- ``bench``    — the plan-quality regression suite.
+- ``protocols``— the small interfaces between those parts (``LayerCostProvider``).
 - ``cli``      — the ``autosplit`` command.
 """
 
