@@ -96,7 +96,21 @@ def test_count_expands_in_file_order() -> None:
 def _expected_relay_bw(cluster: Cluster, a: Node, b: Node) -> float:
     host_a = a.host_bw_gbs or cluster.chips[a.chip].host_bw_gbs
     host_b = b.host_bw_gbs or cluster.chips[b.chip].host_bw_gbs
-    return min(host_a, host_b, a.nic_bw_gbs, b.nic_bw_gbs)
+    net = min(a.nic_bw_gbs, b.nic_bw_gbs)
+    if cluster.relay_pipelined:  # chunked: the slowest hop bounds the relay
+        return min(host_a, host_b, net)
+    return 1.0 / (1.0 / host_a + 1.0 / net + 1.0 / host_b)  # hops one after the other
+
+
+def test_relay_pipelined_switch(tmp_path) -> None:
+    src = (CLUSTERS / "two_vendor_h100_910b.yaml").read_text()
+    piped = tmp_path / "piped.yaml"
+    piped.write_text(src.replace("interconnect:", "interconnect:\n  relay_pipelined: true", 1))
+    serial, chunked = _cluster("two_vendor_h100_910b.yaml"), load_cluster(piped)
+    assert chunked.relay_pipelined and not serial.relay_pipelined
+    a, b = serial.node("h100"), serial.node("ascend")
+    assert serial.link_between(a, b).bw_gbs < chunked.link_between(a, b).bw_gbs
+    assert chunked.link_between(a, b).bw_gbs == pytest.approx(_expected_relay_bw(chunked, a, b))
 
 
 def test_links_two_vendor() -> None:
@@ -270,8 +284,8 @@ BAD_CLUSTERS: list[tuple[str, Any, str | None, list[str]]] = [
      "interconnect.links[0].between", ["two vendors", "two chips"]),
     ("same-vendor-pair", _two_nodes(nodes=[{"name": "a", "chip": "H100", "devices": 8},
                                            {"name": "b", "chip": "A100", "devices": 8}],
-                                    interconnect={"links": [{"between": ["H100", "A100"]}]}),
-     "interconnect.links[0].between", ["never be used"]),
+                                    interconnect={"links": [{"between": ["NVIDIA", "NVIDIA"]}]}),
+     "interconnect.links[0].between", ["unless two chips of it are named"]),
     ("group-unknown-chip", _two_nodes(interconnect={"collective_groups": [["H100", "A100"]]}),
      "interconnect.collective_groups[0][1]", ["not a chip of this cluster"]),
     ("link-without-bw", {"nodes": [{"chip": "H100", "devices": 8, "intra_link": "pcie"}]},
@@ -315,3 +329,12 @@ def test_documented_keys() -> None:
     for key in (*CLUSTER_KEYS, *NODE_KEYS, "cross_vendor", "relay_latency_us", "links",
                 "collective_groups", "between", "latency_us"):
         assert f"`{key}`" in doc, key
+
+
+def test_named_chip_pair_of_one_vendor_relays(tmp_path) -> None:
+    # Two processes sharing one GPU cannot use NCCL: the cluster names the pair, and the
+    # boundary between them goes through the CPU relay although both chips are NVIDIA.
+    cluster = _cluster("h200_mps_3to1.yaml")
+    fast, slow = cluster.node("fast"), cluster.node("slow")
+    link = cluster.link_between(fast, slow)
+    assert link.kind == "cpu_relay"

@@ -47,7 +47,7 @@ NODE_KEYS: tuple[str, ...] = (
 )
 _NETWORK_KEYS: tuple[str, ...] = ("nic_bw_gbs", "latency_us")
 _INTERCONNECT_KEYS: tuple[str, ...] = (
-    "cross_vendor", "relay_latency_us", "links", "collective_groups",
+    "cross_vendor", "relay_latency_us", "relay_pipelined", "links", "collective_groups",
 )
 _LINK_KEYS: tuple[str, ...] = ("between", "mode", "bw_gbs", "latency_us")
 
@@ -299,12 +299,13 @@ def _vendor_links(raw: Any, used: Mapping[str, ChipSpec], *, default_mode: str,
                 f"{'chip' if b in used else 'vendor'}", file=file, field=f"{where}.between",
                 fix="name two vendors (e.g. [NVIDIA, Huawei]) or two chips "
                     "(e.g. [H100, Ascend910B])")
-        if vendor_of[a] == vendor_of[b]:
+        if vendor_of[a] == vendor_of[b] and a not in used:
             raise BadInputError(
-                f"'{a}' and '{b}' are both {vendor_of[a]}: devices of one vendor always use "
-                "the network directly, so this link would never be used", file=file,
+                f"'{a}' and '{b}' are both {vendor_of[a]}: devices of one vendor use the "
+                "network directly unless two chips of it are named", file=file,
                 field=f"{where}.between",
-                fix="remove it, or pair chips of two different vendors")
+                fix="remove it, pair two vendors, or name the two chips that must relay "
+                    "(e.g. [H100, H20])")
         key = frozenset((a.lower(), b.lower()))
         if key in seen:
             raise BadInputError(f"the pair {a} / {b} is already described by {seen[key]}",
@@ -412,6 +413,11 @@ def load_cluster(path: str | Path, *, chip_dirs: Sequence[Path] = ()) -> Cluster
     relay_us = (_number(inter["relay_latency_us"], file=file,
                         field="interconnect.relay_latency_us", allow_zero=True)
                 if "relay_latency_us" in inter else 50.0)
+    pipelined = inter.get("relay_pipelined", False)
+    if not isinstance(pipelined, bool):
+        raise BadInputError(f"expected true or false, got {pipelined!r}", file=file,
+                            field="interconnect.relay_pipelined",
+                            fix="write relay_pipelined: true (chunked relay) or false")
     links = (_vendor_links(inter["links"], used, default_mode=cross_vendor, file=file)
              if "links" in inter else ())
     groups = (_collective_groups(inter["collective_groups"], used, file=file)
@@ -426,6 +432,7 @@ def load_cluster(path: str | Path, *, chip_dirs: Sequence[Path] = ()) -> Cluster
         collective_groups=groups,
         network_latency_s=latency_us / 1e6,
         relay_latency_s=relay_us / 1e6,
+        relay_pipelined=pipelined,
         source_file=file,
         extra=extra,
     )

@@ -104,6 +104,10 @@ class Cluster:
     network_latency_s: float = 10e-6
     #: Extra latency the CPU relay adds per message (two host staging copies).
     relay_latency_s: float = 50e-6
+    #: Whether the CPU relay streams a message in chunks so its three hops overlap (then the
+    #: slowest hop bounds it); by default the hops run one after the other, as a plain
+    #: device→host copy, host send/receive and host→device copy do.
+    relay_pipelined: bool = False
     source_file: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -162,16 +166,20 @@ class Cluster:
         """The path a stage-boundary activation takes from a device of ``node_a`` to one of
         ``node_b``. Same node: the intra-node link. Same collective domain across nodes: the
         NIC. Otherwise the cross-vendor mode: direct RDMA (the network hop) or the CPU relay
-        (device→host PCIe, network, host→device PCIe; chunked, so the slowest hop bounds the
-        bandwidth and each message pays the staging latency)."""
+        (device→host PCIe, network, host→device PCIe: the three hops add up, or, with
+        ``relay_pipelined``, overlap so the slowest bounds the bandwidth; each message pays the
+        staging latency)."""
         if node_a.name == node_b.name:
             return Link("intra_node", node_a.intra_bw_gbs, 5e-6)
         net_bw = min(node_a.nic_bw_gbs, node_b.nic_bw_gbs)
-        if self.can_share_collective(node_a.chip, node_b.chip) or (
-            self.chips[node_a.chip].vendor == self.chips[node_b.chip].vendor
-        ):
-            return Link("same_vendor", net_bw, self.network_latency_s)
         vl = self._vendor_link(node_a.chip, node_b.chip)
+        named = vl is not None and {vl.a.lower(), vl.b.lower()} == {
+            node_a.chip.lower(), node_b.chip.lower()}
+        # Two chips of one vendor talk over the network directly, unless the cluster names
+        # that chip pair explicitly (e.g. two processes sharing one GPU cannot use NCCL).
+        if not named and (self.can_share_collective(node_a.chip, node_b.chip) or (
+                self.chips[node_a.chip].vendor == self.chips[node_b.chip].vendor)):
+            return Link("same_vendor", net_bw, self.network_latency_s)
         mode = vl.mode if vl else self.cross_vendor
         if vl and vl.bw_gbs:
             net_bw = min(net_bw, vl.bw_gbs)
@@ -183,4 +191,8 @@ class Cluster:
         host_b = node_b.host_bw_gbs or chip_b.host_bw_gbs
         lat = (vl.latency_us * 1e-6 if vl and vl.latency_us else
                self.network_latency_s + self.relay_latency_s)
-        return Link("cpu_relay", min(host_a, net_bw, host_b), lat)
+        if self.relay_pipelined:
+            bw = min(host_a, net_bw, host_b)
+        else:  # device→host, network, host→device in sequence: the times add up
+            bw = 1.0 / (1.0 / host_a + 1.0 / net_bw + 1.0 / host_b)
+        return Link("cpu_relay", bw, lat)
