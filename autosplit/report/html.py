@@ -252,8 +252,9 @@ def _timeline_section(plan: Plan, timeline: Timeline | None) -> str:
         "follows every dependency, the cost model uses a closed formula). "
         "Hover a bar for its exact times.")
     idle = max(range(timeline.num_stages), key=timeline.idle_s)
-    verdict = (f'<p class="verdict">Bubble: <b>{fmt_pct(timeline.bubble_fraction())}</b> of '
-               f"stage time; stage {idle} waits longest "
+    verdict = (f'<p class="verdict">Bubble in the replayed schedule: '
+               f"<b>{fmt_pct(timeline.bubble_fraction())}</b> of stage time (the header's figure "
+               f"comes from the cost model's closed form); stage {idle} waits longest "
                f"({fmt_seconds(timeline.idle_s(idle))} per iteration).</p>")
     close_up = ""
     if timeline.micro_batches > _CLOSE_UP_ABOVE:
