@@ -2,66 +2,19 @@
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import pytest
 from factories import gpt_like_model, two_type_cluster
 
+from autosplit.bench.brute_force import brute_force_best
 from autosplit.config import SearchConfig, TrainingConfig
 from autosplit.cost.analytic import AnalyticCosts
-from autosplit.cost.predict import StageAssignment, iteration_time
-from autosplit.cost.stage import range_memory
 from autosplit.errors import NoFeasiblePlanError
 from autosplit.plan.evaluate import evaluate_plan, validate_plan
 from autosplit.search.baselines import tflops_proportional_split, uniform_split
-from autosplit.search.candidates import divisors, find_pools, pool_options
+from autosplit.search.candidates import find_pools, pool_options
 from autosplit.search.engine import TableCache, _build_stages, search_plan
 from autosplit.search.layer_split import solve_split, stage_matrices
 from autosplit.search.layer_split_cpsat import solve_split_cpsat
-
-
-def _brute_force(model, cluster, training, search) -> float:
-    """Every plan of the search space: every pool subset, cut, order, micro-batch count,
-    contiguous split and memory-feasible recompute choice."""
-    cache = TableCache(model=model, cluster=cluster, costs=AnalyticCosts(), training=training)
-    pools = find_pools(cluster)
-    n = model.num_layers
-    best = math.inf
-    for r in range(1, len(pools) + 1):
-        for subset in itertools.combinations(range(len(pools)), r):
-            opts = [pool_options(pools[i], search, max_stages=n) for i in subset]
-            for combo in itertools.product(*opts):
-                if len({o.dp for o in combo}) != 1:
-                    continue
-                dp = combo[0].dp
-                if sum(o.num_stages for o in combo) > n:
-                    continue
-                for m in divisors(training.global_batch):
-                    b_mb = training.global_batch // m
-                    if b_mb < dp or math.ceil(b_mb / dp) > max(search.micro_batch_sizes):
-                        continue
-                    for order in set(itertools.permutations(combo)):
-                        ctxs = _build_stages(cache, pools, order, micro_batches=m,
-                                             micro_batch_samples=b_mb)
-                        p = len(ctxs)
-                        for cuts in itertools.combinations(range(1, n), p - 1):
-                            bounds = (0, *cuts, n)
-                            choices = []
-                            for s, c in enumerate(ctxs):
-                                ok = []
-                                for rec in (False, True):
-                                    st, act = range_memory(c, bounds[s], bounds[s + 1], rec)
-                                    if float(st + act) <= c.capacity:
-                                        ok.append(rec)
-                                choices.append(ok)
-                            for recs in itertools.product(*choices):
-                                stages = [StageAssignment(ctx=c, start=bounds[s],
-                                                          end=bounds[s + 1], recompute=recs[s])
-                                          for s, c in enumerate(ctxs)]
-                                best = min(best, iteration_time(stages, micro_batches=m))
-    return best
-
 
 CASES = [
     # (fast devices, slow devices, ratio, slow memory GB, blocks, global batch)
@@ -80,7 +33,7 @@ def test_search_matches_brute_force(fast, slow, ratio, slow_mem, blocks, gbs):
     training = TrainingConfig(global_batch=gbs, memory_reserve_gb=1.0)
     search = SearchConfig(micro_batch_sizes=(1, 2, 4), tp_degrees=(1, 2, 4))
     plan = search_plan(model=model, cluster=cluster, training=training, search=search)
-    brute = _brute_force(model, cluster, training, search)
+    brute = brute_force_best(model, cluster, training, search)
     found = plan.prediction.iteration_s
     assert found <= brute * 1.005, (found, brute)
     assert found >= brute * (1 - 1e-9), "search found a plan outside the space it reports"

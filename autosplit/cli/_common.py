@@ -15,6 +15,9 @@ def parse_model_args(items: list[str] | None) -> dict[str, str]:
             raise BadInputError(f"model argument {item!r} is not KEY=VALUE",
                                 field="--model-arg", fix="write it as --model-arg size=1.3b")
         k, v = item.split("=", 1)
+        if not k.strip():
+            raise BadInputError(f"model argument {item!r} has no KEY",
+                                field="--model-arg", fix="write it as --model-arg size=1.3b")
         out[k.strip()] = v.strip()
     return out
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from autosplit.cli._common import parse_int_list
+from autosplit.cli._common import parse_int_list, parse_model_args
 from autosplit.errors import BadInputError
 
 __all__ = ["register"]
@@ -32,17 +32,6 @@ _console = Console(stderr=True)
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:
     return tuple(sorted(set(parse_int_list(text, option=option))))
-
-
-def _model_args(pairs: list[str]) -> dict[str, str]:
-    args: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise BadInputError(f"'{pair}' is not KEY=VALUE", field="--model-arg",
-                                fix="write e.g. --model-arg size=1.3b")
-        args[key.strip()] = value.strip()
-    return args
 
 
 def _slug(text: str) -> str:
@@ -118,7 +107,7 @@ def profile(
 
     if seq_len < 1:
         raise BadInputError("must be positive", field="--seq-len", fix="e.g. --seq-len 2048")
-    args = _model_args(model_arg)
+    args = parse_model_args(model_arg)
     settings = ProfileSettings(micro_batches=_int_list(micro_batch, "--micro-batch"),
                                tps=_int_list(tp, "--tp"), seq_len=seq_len, dtype=dtype,
                                repeats=repeats, warmup=warmup)
@@ -236,7 +225,7 @@ def profile_import(
 
     units = None
     if model:
-        units = UnitKinds.from_model(model, model_args=_model_args(model_arg),
+        units = UnitKinds.from_model(model, model_args=parse_model_args(model_arg),
                                      seq_len=seq_len or 2048, dtype=dtype)
     command = _command(["autosplit", "profile-import", str(path), "--format", fmt, "-o",
                         str(output)] + (["--seq-len", str(seq_len)] if seq_len else [])

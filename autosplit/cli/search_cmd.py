@@ -134,16 +134,9 @@ def search(
 
 
 def _summary(plan, console: Console, *, baselines) -> None:
-    try:
-        from autosplit.report.terminal import render_plan_summary
-    except ImportError:
-        render_plan_summary = None
-    if render_plan_summary is not None:
-        render_plan_summary(plan, console, baselines=baselines)
-        return
-    from autosplit.plan.summary import render_basic_summary
+    from autosplit.report.terminal import render_plan_summary
 
-    render_basic_summary(plan, console, baselines=baselines)
+    render_plan_summary(plan, console, baselines=baselines)
 
 
 def register(app: typer.Typer) -> None:

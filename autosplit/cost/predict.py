@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from autosplit.cluster.schema import Cluster
 from autosplit.config import TrainingConfig
+from autosplit.cost.memory import optimizer_bytes_per_param, static_bytes_per_param
 from autosplit.cost.pipeline import pipeline_time, tail_time
 from autosplit.cost.stage import (
     StageContext,
@@ -22,7 +24,7 @@ from autosplit.cost.stage import (
 from autosplit.model.types import ModelProfile
 from autosplit.plan.schema import MemoryBreakdown, Prediction, StagePrediction
 
-__all__ = ["StageAssignment", "predict", "iteration_time"]
+__all__ = ["StageAssignment", "predict", "iteration_time", "peak_flops_of"]
 
 
 @dataclass(frozen=True)
@@ -39,19 +41,40 @@ def _float(x) -> float:
     return float(x)
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """Per-stage ingredients of the iteration time, in stage order."""
+
+    busy: list[float]
+    fill: list[float]  # one-way transfer out over an overlapping link (0 when blocking)
+    dp: list[float]
+    opt: list[float]
+    bwd: list[float]
+
+    def pipeline(self, micro_batches: int) -> float:
+        return pipeline_time(self.busy, micro_batches=micro_batches, p2p=self.fill)
+
+    def tail(self) -> float:
+        return tail_time(dp_s=self.dp, opt_s=self.opt, bwd_s=self.bwd)
+
+
+def _parts(stages: Sequence[StageAssignment]) -> _Parts:
+    parts = _Parts([], [], [], [], [])
+    for st in stages:
+        parts.busy.append(_float(range_busy(st.ctx, st.start, st.end, st.recompute)))
+        parts.fill.append(0.0 if StageContext.blocking(st.ctx.link_out)
+                          else _float(boundary_p2p(st.ctx, st.end)))
+        d, o = range_tail(st.ctx, st.start, st.end)
+        parts.dp.append(_float(d))
+        parts.opt.append(_float(o))
+        parts.bwd.append(_bwd_part(st))
+    return parts
+
+
 def iteration_time(stages: Sequence[StageAssignment], *, micro_batches: int) -> float:
     """The objective the search minimises: pipeline time plus the post-pipeline tail."""
-    busy, fill, dp, opt, bwd = [], [], [], [], []
-    for st in stages:
-        busy.append(_float(range_busy(st.ctx, st.start, st.end, st.recompute)))
-        fill.append(0.0 if StageContext.blocking(st.ctx.link_out)
-                    else _float(boundary_p2p(st.ctx, st.end)))
-        d, o = range_tail(st.ctx, st.start, st.end)
-        dp.append(_float(d))
-        opt.append(_float(o))
-        bwd.append(_bwd_part(st))
-    return pipeline_time(busy, micro_batches=micro_batches, p2p=fill) + tail_time(
-        dp_s=dp, opt_s=opt, bwd_s=bwd)
+    parts = _parts(stages)
+    return parts.pipeline(micro_batches) + parts.tail()
 
 
 def _bwd_part(st: StageAssignment) -> float:
@@ -71,10 +94,9 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
     FLOPs only (recomputation excluded), as in Chowdhery et al. 2022 (PaLM).
     """
     preds: list[StagePrediction] = []
-    busy_l, fill_l, dp_l, opt_l, bwd_l = [], [], [], [], []
-    for st in stages:
+    parts = _parts(stages)
+    for k, st in enumerate(stages):
         c, t, i, j = st.ctx, st.ctx.tables, st.start, st.end
-        busy = _float(range_busy(c, i, j, st.recompute))
         p2p_out = _float(boundary_p2p(c, j))
         p2p_in = 0.0
         if st.ctx.index > 0:
@@ -83,8 +105,6 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
         lane, static, act = lane_memory(c, i, j, st.recompute)
         tp, dp = c.shape.tp, c.shape.dp
         params = (t.params[j] - t.params[i]) / tp
-        from autosplit.cost.memory import optimizer_bytes_per_param, static_bytes_per_param
-
         weights = params * training.dtype_bytes
         grads = params * (static_bytes_per_param(training) - training.dtype_bytes)
         optim = params * optimizer_bytes_per_param(training, dp=dp)
@@ -92,7 +112,6 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
         # Times of the slowest lane (the one that paces the stage).
         t = max((ln.tables for ln in c.all_lanes()),
                 key=lambda tb: float(_lane_busy(tb, i, j, st.recompute)))
-        d, o = range_tail(c, i, j)
         preds.append(StagePrediction(
             index=c.index,
             fwd_s=float(t.fwd[j] - t.fwd[i]),
@@ -101,9 +120,9 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
             tp_comm_s=float(t.tpc[j] - t.tpc[i]),
             p2p_in_s=p2p_in,
             p2p_out_s=p2p_out,
-            busy_s=busy,
-            dp_allreduce_s=_float(d),
-            optimizer_s=_float(o),
+            busy_s=parts.busy[k],
+            dp_allreduce_s=parts.dp[k],
+            optimizer_s=parts.opt[k],
             memory=MemoryBreakdown(
                 weights=float(weights), gradients=float(grads), optimizer=float(optim),
                 activations=_float(act), reserve=training.memory_reserve_gb * 1e9,
@@ -111,14 +130,9 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
             ),
             in_flight=c.in_flight,
         ))
-        busy_l.append(busy)
-        fill_l.append(0.0 if StageContext.blocking(c.link_out) else p2p_out)
-        dp_l.append(_float(d))
-        opt_l.append(_float(o))
-        bwd_l.append(_bwd_part(st))
-    pipe = pipeline_time(busy_l, micro_batches=micro_batches, p2p=fill_l)
-    tail = tail_time(dp_s=dp_l, opt_s=opt_l, bwd_s=bwd_l)
-    total = pipe + tail
+    busy_l, dp_l, opt_l = parts.busy, parts.dp, parts.opt
+    pipe = parts.pipeline(micro_batches)
+    total = pipe + parts.tail()
     samples = training.global_batch
     tokens = samples * model.tokens_per_sample
     model_flops = model.flops_per_sample * samples
@@ -136,3 +150,12 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
         bottleneck_stage=bottleneck,
         stages=tuple(preds),
     )
+
+
+def peak_flops_of(stages: Sequence[StageAssignment], cluster: Cluster, dtype: str) -> float:
+    """Summed dense peak FLOP/s of the devices the stages use (the MFU denominator)."""
+    total = 0.0
+    for st in stages:
+        chip = cluster.chips[st.ctx.shape.chip]
+        total += chip.peak_tflops(dtype) * 1e12 * st.ctx.shape.tp * st.ctx.shape.dp
+    return total

@@ -73,6 +73,13 @@ class StageTables:
     unit_act: np.ndarray | None = None  # per unit (length L): saved activation bytes per sample
     _range_max: np.ndarray | None = None
 
+    def cost_source(self, start: int, end: int) -> str:
+        """Where the times of units ``[start, end)`` came from: measured, analytic or mixed."""
+        srcs = set(self.unit_sources[start:end])
+        if srcs == {"measured"}:
+            return "measured"
+        return "mixed" if "measured" in srcs else "analytic"
+
     def range_max_act(self, i, j):
         """Largest per-sample activation of one unit in ``[i, j)`` (scalar or broadcast)."""
         if np.ndim(i) == 0 and np.ndim(j) == 0:
@@ -172,20 +179,18 @@ class StageContext:
 def boundary_p2p(ctx: StageContext, j: np.ndarray | int) -> np.ndarray | float:
     """One-way time to send the activation at boundary ``j`` (after unit ``j − 1``) out of
     this stage; the gradient comes back the same size."""
-    if ctx.link_out is None:
-        return np.zeros_like(np.asarray(j, dtype=float)) if np.ndim(j) else 0.0
-    jj = np.asarray(j)
-    nbytes = ctx.tables.out_bytes[np.maximum(jj - 1, 0)] * ctx.share_out
-    link = ctx.link_out
-    return np.where(nbytes > 0, link.latency_s + nbytes / (link.bw_gbs * 1e9), 0.0)
+    return _transfer(ctx, ctx.link_out, j, ctx.share_out)
 
 
 def _p2p_in(ctx: StageContext, i: np.ndarray | int) -> np.ndarray | float:
-    if ctx.link_in is None:
-        return np.zeros_like(np.asarray(i, dtype=float)) if np.ndim(i) else 0.0
-    ii = np.asarray(i)
-    nbytes = ctx.tables.out_bytes[np.maximum(ii - 1, 0)] * ctx.share_in
-    link = ctx.link_in
+    """One-way time of the activation arriving at boundary ``i`` (before unit ``i``)."""
+    return _transfer(ctx, ctx.link_in, i, ctx.share_in)
+
+
+def _transfer(ctx: StageContext, link: Link | None, boundary, share: int):
+    if link is None:
+        return np.zeros_like(np.asarray(boundary, dtype=float)) if np.ndim(boundary) else 0.0
+    nbytes = ctx.tables.out_bytes[np.maximum(np.asarray(boundary) - 1, 0)] * share
     return np.where(nbytes > 0, link.latency_s + nbytes / (link.bw_gbs * 1e9), 0.0)
 
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 from autosplit.cluster.schema import Cluster
 from autosplit.config import SCHEDULES, TrainingConfig
 from autosplit.cost.analytic import AnalyticCosts
-from autosplit.cost.predict import StageAssignment, predict
+from autosplit.cost.predict import StageAssignment, peak_flops_of, predict
 from autosplit.cost.stage import StageShape, build_tables, make_context
 from autosplit.errors import BadInputError
 from autosplit.model.types import ModelProfile
@@ -143,21 +143,12 @@ def assignments_of(plan: Plan, *, model: ModelProfile, cluster: Cluster,
 def evaluate_plan(plan: Plan, *, model: ModelProfile, cluster: Cluster,
                   costs: LayerCostProvider | None = None, source: str = "") -> Plan:
     """Validate ``plan`` and return it with a fresh ``prediction``."""
-    from autosplit.search.engine import peak_flops_of
-
     costs = costs or AnalyticCosts()
     validate_plan(plan, model=model, cluster=cluster, source=source)
     stages = assignments_of(plan, model=model, cluster=cluster, costs=costs)
     pred = predict(stages, micro_batches=plan.micro_batch_count, model=model,
                    training=training_of(plan),
                    peak_flops=peak_flops_of(stages, cluster, plan.model.dtype))
-    new_stages = tuple(
-        replace(st, cost_source=_source(a)) for st, a in zip(plan.stages, stages, strict=True))
+    new_stages = tuple(replace(st, cost_source=a.ctx.tables.cost_source(a.start, a.end))
+                       for st, a in zip(plan.stages, stages, strict=True))
     return replace(plan, prediction=pred, stages=new_stages)
-
-
-def _source(a: StageAssignment) -> str:
-    srcs = set(a.ctx.tables.unit_sources[a.start:a.end])
-    if srcs == {"measured"}:
-        return "measured"
-    return "mixed" if "measured" in srcs else "analytic"

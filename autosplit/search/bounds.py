@@ -70,24 +70,9 @@ def _stage_terms(ctx: StageContext, s: int, num_stages: int, model: ModelProfile
     for link, share in ((ctx.link_in, ctx.share_in), (ctx.link_out, ctx.share_out)):
         if StageContext.blocking(link) and out > 0:
             fixed += 2.0 * (link.latency_s + out * share / (link.bw_gbs * 1e9))
-    c = float(unit[blocks].min())
-    r = float(np.diff(t.rec)[blocks].min())
-    tr = ctx.training
-    tp = ctx.shape.tp
-    per_param = static_bytes_per_param(tr) + optimizer_bytes_per_param(tr, dp=ctx.shape.dp)
-    params = min(model.layers[k].params for k in blocks)
-    act = min(model.layers[k].activation_bytes for k in blocks)
-    inp = min(model.layers[k].input_bytes for k in blocks)
-    share = lane.share
-    static = params * per_param / tp
-    full = static + ctx.in_flight * share * act / tp
-    kept = static + ctx.in_flight * share * inp / tp
-    working = share * act / tp  # a range holding a block works with at least one block's
-    n = len(blocks)
-    k0 = float(np.floor(max(lane.capacity - working, 0.0) / full)) if full > 0 else float(n)
-    k1 = (float(np.floor(max(lane.capacity - working, 0.0) / kept)) if kept > 0 else float(n)
-          ) if allow_recompute else k0
-    return fixed, c, r, min(k0, n), min(max(k1, k0), n)
+    return (fixed, *shape_terms(tables=t, tp=ctx.shape.tp, dp=ctx.shape.dp, share=lane.share,
+                                capacity=lane.capacity, training=ctx.training, model=model,
+                                allow_recompute=allow_recompute, in_flight=ctx.in_flight))
 
 
 def memory_aware_bound(ctxs: Sequence[StageContext], model: ModelProfile, m: int,
@@ -187,18 +172,21 @@ def bound_from_terms(*, fixed: np.ndarray, c: np.ndarray, r: np.ndarray, k0: np.
 
 
 def shape_terms(*, tables, tp: int, dp: int, share: int, capacity: float, training,
-                model: ModelProfile, allow_recompute: bool) -> tuple[float, float, float, float]:
-    """Order-free per-stage terms (block cost, recompute cost, blocks that fit plain / with
-    recomputation) with the most optimistic memory position (one micro-batch in flight)."""
+                model: ModelProfile, allow_recompute: bool,
+                in_flight: int = 1) -> tuple[float, float, float, float]:
+    """Per-stage terms (block cost, recompute cost, blocks that fit plain / with
+    recomputation) for ``in_flight`` micro-batches held; the default, one, is the most
+    optimistic memory position and so serves the order-free bound."""
     blocks = [k for k, layer in enumerate(model.layers) if layer.kind == "block"]
     unit = np.diff(tables.fwd) + np.diff(tables.bwd) + np.diff(tables.tpc)
     c = float(unit[blocks].min())
     r = float(np.diff(tables.rec)[blocks].min())
     per_param = static_bytes_per_param(training) + optimizer_bytes_per_param(training, dp=dp)
     static = min(model.layers[k].params for k in blocks) * per_param / tp
-    full = static + share * min(model.layers[k].activation_bytes for k in blocks) / tp
-    kept = static + share * min(model.layers[k].input_bytes for k in blocks) / tp
-    working = share * min(model.layers[k].activation_bytes for k in blocks) / tp
+    act = min(model.layers[k].activation_bytes for k in blocks)
+    full = static + in_flight * share * act / tp
+    kept = static + in_flight * share * min(model.layers[k].input_bytes for k in blocks) / tp
+    working = share * act / tp  # a range holding a block works with at least one block's
     n = len(blocks)
     k0 = float(np.floor(max(capacity - working, 0.0) / full)) if full > 0 else float(n)
     k1 = (float(np.floor(max(capacity - working, 0.0) / kept)) if kept > 0 else float(n)

@@ -26,7 +26,7 @@ import numpy as np
 from autosplit.cluster.schema import Cluster
 from autosplit.config import SearchConfig, TrainingConfig
 from autosplit.cost.analytic import AnalyticCosts
-from autosplit.cost.predict import StageAssignment, predict
+from autosplit.cost.predict import StageAssignment, peak_flops_of, predict
 from autosplit.cost.stage import (
     StageShape,
     StageTables,
@@ -520,15 +520,6 @@ def _explain_infeasible(model: ModelProfile, cluster: Cluster, training: Trainin
     )
 
 
-def _cost_source(tables: StageTables, start: int, end: int) -> str:
-    srcs = set(tables.unit_sources[start:end])
-    if srcs == {"measured"}:
-        return "measured"
-    if "measured" in srcs:
-        return "mixed"
-    return "analytic"
-
-
 def _stage_plans(stages: list[StageAssignment], model: ModelProfile) -> tuple[StagePlan, ...]:
     out = []
     for st in stages:
@@ -540,7 +531,7 @@ def _stage_plans(stages: list[StageAssignment], model: ModelProfile) -> tuple[St
             index=st.ctx.index, chip=st.ctx.shape.chip, layer_start=st.start,
             layer_end=st.end, layer_names=tuple(u.name for u in units),
             module_names=tuple(mods), tp=st.ctx.shape.tp, replicas=st.ctx.shape.replicas,
-            recompute=st.recompute, cost_source=_cost_source(st.ctx.tables, st.start, st.end)))
+            recompute=st.recompute, cost_source=st.ctx.tables.cost_source(st.start, st.end)))
     return tuple(out)
 
 
@@ -555,14 +546,6 @@ def model_ref(model: ModelProfile) -> ModelRef:
 def cluster_ref(cluster: Cluster) -> ClusterRef:
     return ClusterRef(name=cluster.name, source_file=cluster.source_file,
                       num_devices=cluster.num_devices, chips=tuple(cluster.chip_types()))
-
-
-def peak_flops_of(stages: list[StageAssignment], cluster: Cluster, dtype: str) -> float:
-    total = 0.0
-    for st in stages:
-        chip = cluster.chips[st.ctx.shape.chip]
-        total += chip.peak_tflops(dtype) * 1e12 * st.ctx.shape.tp * st.ctx.shape.dp
-    return total
 
 
 def build_plan(best: _Solved, *, pools: list[Pool], model: ModelProfile, cluster: Cluster,

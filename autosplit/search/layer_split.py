@@ -113,15 +113,14 @@ def _dp(mats: Sequence[StageMatrices], threshold: float
 def _evaluate(mats: Sequence[StageMatrices], bounds: Sequence[int], m: int
               ) -> tuple[float, float]:
     """Full objective (pipeline + tail, as ``cost.predict.iteration_time``) and max busy."""
-    busy = [mt.busy[bounds[s], bounds[s + 1]] for s, mt in enumerate(mats)]
-    extra = sum(mt.extra[bounds[s + 1]] for s, mt in enumerate(mats))
     tail = 0.0
     slack = 0.0
     for s, mt in enumerate(mats):
         i, j = bounds[s], bounds[s + 1]
         tail = max(tail, mt.tail[i, j] - slack)
         slack += mt.bwd[i, j]
-    return float(sum(busy) + extra + (m - 1) * max(busy) + tail), float(max(busy))
+    slowest = max(mt.busy[bounds[s], bounds[s + 1]] for s, mt in enumerate(mats))
+    return _pipeline_part(mats, bounds, m) + float(tail), float(slowest)
 
 
 def _polish(mats: Sequence[StageMatrices], bounds: list[int], m: int, obj: float,
@@ -151,14 +150,6 @@ def _polish(mats: Sequence[StageMatrices], bounds: list[int], m: int, obj: float
         if not improved:
             break
     return obj, bounds
-
-
-def _tail_lower_bound(mats: Sequence[StageMatrices]) -> float:
-    """The first stage has no slack, so the tail is at least its smallest feasible tail."""
-    first = mats[0]
-    row = np.where(np.isfinite(first.busy[0]), first.tail[0], np.inf)
-    val = float(row.min())
-    return val if np.isfinite(val) else 0.0
 
 
 def _pipeline_part(mats: Sequence[StageMatrices], bounds: Sequence[int], m: int) -> float:
