@@ -165,3 +165,18 @@ def test_mixed_chip_data_parallel_gives_faster_chips_more_samples():
     separate = two_type_cluster(fast=4, slow=4, ratio=3.0, nic_gbs=200.0)
     other = search_plan(model=model, cluster=separate, training=training, search=SearchConfig())
     assert plan.prediction.iteration_s < other.prediction.iteration_s
+
+
+def test_mfu_counts_each_replica_at_its_own_chip_peak():
+    from autosplit.cost.predict import peak_flops_of
+    from autosplit.plan.evaluate import assignments_of
+
+    model = gpt_like_model(blocks=4, hidden=1024, seq=1024)
+    mixed = two_type_cluster(fast=4, slow=4, ratio=3.0, shared_collectives=True, nic_gbs=200.0)
+    plan = search_plan(model=model, cluster=mixed, training=TrainingConfig(global_batch=256),
+                       search=SearchConfig())
+    stages = assignments_of(plan, model=model, cluster=mixed, costs=AnalyticCosts())
+    expected = sum(mixed.chips[r.chip].peak_tflops("bf16") * 1e12 * st.tp
+                   for st in plan.stages for r in st.replicas)
+    assert peak_flops_of(stages, mixed, "bf16") == pytest.approx(expected)
+    assert any(r.chip == "SLOW" for st in plan.stages for r in st.replicas)

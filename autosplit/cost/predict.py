@@ -153,9 +153,11 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
 
 
 def peak_flops_of(stages: Sequence[StageAssignment], cluster: Cluster, dtype: str) -> float:
-    """Summed dense peak FLOP/s of the devices the stages use (the MFU denominator)."""
+    """Summed dense peak FLOP/s of the devices the stages use (the MFU denominator); each
+    replica counts at its own chip's peak, which differs between replicas of a mixed stage."""
     total = 0.0
     for st in stages:
-        chip = cluster.chips[st.ctx.shape.chip]
-        total += chip.peak_tflops(dtype) * 1e12 * st.ctx.shape.tp * st.ctx.shape.dp
+        for rep in st.ctx.shape.replicas:
+            chip = cluster.chips[rep.chip or st.ctx.shape.chip]
+            total += chip.peak_tflops(dtype) * 1e12 * st.ctx.shape.tp
     return total
