@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import os
-import tempfile
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from autosplit.atomic import atomic_write_text
 from autosplit.model.loader import DTYPES
 from autosplit.profiler.device import DeviceHandle, device_description
 from autosplit.profiler.timing import median_spread
@@ -183,19 +183,12 @@ def best_rate(results: Sequence[BenchResult], benchmark: str, dtype: str | None 
 def write_bench(results: Sequence[BenchResult], path: str | Path) -> Path:
     """Write results as CSV atomically (temp file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            for result in results:
-                writer.writerow(asdict(result))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for result in results:
+        writer.writerow(asdict(result))
+    atomic_write_text(path, buf.getvalue())
     return path
 
 

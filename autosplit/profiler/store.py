@@ -9,13 +9,14 @@ number can be traced back to the run that measured it. docs/profiles.md document
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from autosplit.atomic import atomic_write_text
 from autosplit.errors import BadInputError
 
 __all__ = ["ProfileRow", "COLUMNS", "REQUIRED_COLUMNS", "write_rows", "read_rows",
@@ -90,22 +91,15 @@ def _fmt(value: object) -> str:
 def write_rows(rows: Sequence[ProfileRow], path: str | Path) -> Path:
     """Write ``rows`` to ``path`` atomically (temp file, then rename), sorted for stable diffs."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ordered = sorted(rows, key=lambda r: (r.chip, r.seq_len, r.dtype, r.unit, r.layer_kind,
                                           r.tp, r.micro_batch))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(COLUMNS)
-            for row in ordered:
-                data = asdict(row)
-                writer.writerow([_fmt(data[c]) for c in COLUMNS])
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in ordered:
+        data = asdict(row)
+        writer.writerow([_fmt(data[c]) for c in COLUMNS])
+    atomic_write_text(path, buf.getvalue())
     return path
 
 
