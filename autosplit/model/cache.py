@@ -12,6 +12,7 @@ Location: ``$AUTOSPLIT_CACHE_DIR`` or ``~/.cache/autosplit``; one JSON file per 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
+from autosplit.atomic import atomic_write_text
 from autosplit.model.types import LayerProfile, ModelProfile
 
 __all__ = ["ingest_model_cached", "cache_dir", "cache_key"]
@@ -81,11 +83,6 @@ def ingest_model_cached(path: str, *, model_args: dict[str, str] | None = None, 
 
     profile = ingest_model(path, model_args=args, seq_len=seq_len, dtype=dtype)
     if file is not None:
-        try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(asdict(profile)))
-            os.replace(tmp, file)
-        except OSError:
-            pass  # a read-only home only costs speed
+        with contextlib.suppress(OSError):  # a read-only home only costs speed
+            atomic_write_text(file, json.dumps(asdict(profile)))
     return profile
