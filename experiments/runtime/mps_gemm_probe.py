@@ -1,0 +1,84 @@
+"""Do bf16 GEMMs write correct results on this CUDA MPS client? One line of JSON per run.
+
+The pipelined runs on one H200 split by MPS SM limits give a non-finite loss that first shows
+in a plain ``Linear`` with finite inputs, and only when the clients' SMs are limited
+(README.md, "Non-finite loss: bisected"). This probe runs the GEMMs of GPT-2.7B's layers
+(forward, input gradient and weight gradient shapes, with and without the bias epilogue) into
+output buffers filled with NaN beforehand, and compares each result with an fp32 product of the
+same operands. A NaN left in the output means the kernel did not write it; a large error means
+it wrote something wrong. Run it in each MPS client at once, under each BLAS setting to compare
+(the settings are environment variables that PyTorch reads once per process, so one process per
+setting):
+
+    CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=20 python3 experiments/runtime/mps_gemm_probe.py default
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import torch
+
+_HIDDEN, _FFN, _VOCAB, _TOKENS = 2560, 10240, 50257, 2048
+# (m, k, n) of y = x @ w: qkv, attention out, mlp in, mlp out, head; then their input- and
+# weight-gradient products.
+_FORWARD = [(_TOKENS, _HIDDEN, 3 * _HIDDEN), (_TOKENS, _HIDDEN, _HIDDEN),
+            (_TOKENS, _HIDDEN, _FFN), (_TOKENS, _FFN, _HIDDEN), (_TOKENS, _HIDDEN, _VOCAB)]
+_SHAPES = (_FORWARD + [(m, n, k) for m, k, n in _FORWARD]
+           + [(k, m, n) for m, k, n in _FORWARD])
+
+
+def _check(out: torch.Tensor, ref: torch.Tensor) -> tuple[bool, bool]:
+    """(unwritten or non-finite, wrong): wrong is a max error over 5% of the largest value."""
+    nonfinite = not bool(torch.isfinite(out).all())
+    err = float((out.float() - ref).abs().max()) if not nonfinite else float("inf")
+    return nonfinite, err > 0.05 * float(ref.abs().max())
+
+
+def main(label: str, repeats: int = 6) -> None:
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    result = {"label": label, "mps_percentage": os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"),
+              "sm_count": torch.cuda.get_device_properties(device).multi_processor_count,
+              "calls": 0, "nonfinite": 0, "wrong": 0, "errors": 0, "first_bad": None}
+    start = time.perf_counter()
+    for m, k, n in _SHAPES:
+        a = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+        b = torch.randn(k, n, device=device, dtype=torch.bfloat16) / k ** 0.5
+        bias = torch.randn(n, device=device, dtype=torch.bfloat16)
+        ref = a.float() @ b.float()
+        out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
+        for rep in range(repeats):
+            for op in ("mm", "addmm", "linear"):
+                out.fill_(float("nan"))
+                try:
+                    if op == "mm":
+                        torch.mm(a, b, out=out)
+                        expect = ref
+                    elif op == "addmm":
+                        torch.addmm(bias, a, b, out=out)
+                        expect = ref + bias.float()
+                    else:  # what nn.Linear calls: weight stored (n, k)
+                        out = torch.nn.functional.linear(a, b.t().contiguous(), bias)
+                        expect = ref + bias.float()
+                    torch.cuda.synchronize()
+                except RuntimeError as exc:
+                    result["errors"] += 1
+                    result["first_bad"] = result["first_bad"] or f"{op} {m}x{k}x{n}: {exc}"[:300]
+                    continue
+                result["calls"] += 1
+                nonfinite, wrong = _check(out, expect)
+                result["nonfinite"] += int(nonfinite)
+                result["wrong"] += int(wrong and not nonfinite)
+                if (nonfinite or wrong) and result["first_bad"] is None:
+                    result["first_bad"] = (f"{op} {m}x{k}x{n} repeat {rep}: "
+                                           f"{'non-finite' if nonfinite else 'wrong'}")
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "default")
