@@ -15,6 +15,7 @@ import torch
 
 from autosplit.chips.spec import ChipSpec
 from autosplit.cli import main
+from autosplit.cluster.schema import Node
 from autosplit.errors import BadInputError
 from autosplit.model.ingest import ingest_model
 from autosplit.profiler.calibrate import calibrated_chip
@@ -160,9 +161,43 @@ def test_measured_costs_interpolate(ingested) -> None:
     costs = MeasuredCosts([_row(1, 1.0), _row(4, 2.5)], seq_len=SEQ)
     timing = costs.layer_timing(layer, _chip(), micro_batch=2, tp=1, dtype="fp32")
     assert timing == LayerTiming(fwd_s=pytest.approx(1.5), bwd_s=pytest.approx(3.0),
-                                 recompute_s=pytest.approx(1.5), source="measured")
+                                 recompute_s=pytest.approx(1.5), source="measured",
+                                 backward_extra_bytes=pytest.approx(1.0))
     assert costs.layer_timing(layer, _chip(), micro_batch=8, tp=1,
                               dtype="fp32").fwd_s == pytest.approx(5.0)
+
+
+def test_measured_backward_peak_sets_the_working_set(ingested) -> None:
+    # A last unit whose backward needs far more than it saved (an fp32 cross-entropy: its
+    # gradient buffers are twice its saved log-softmax): the stage's memory carries the
+    # measured excess, not the saved-bytes estimate, with and without recomputation.
+    from autosplit.cost.stage import build_tables
+
+    last = ingested.layers[-1]
+    share, extra = 2, 5e6
+    rows = [ProfileRow(chip=CHIP, model_fingerprint=ingested.fingerprint,
+                       layer_kind=last.layer_kind, unit=last.name, seq_len=SEQ, micro_batch=share,
+                       tp=1, dtype="fp32", fwd_s=1e-3, bwd_s=2e-3, recompute_bwd_s=3e-3,
+                       activation_bytes=share * last.activation_bytes,
+                       peak_bwd_bytes=share * last.activation_bytes + extra, repeats=3,
+                       spread=0.0, method="chain", device="x", command="c", date="d")]
+    node = Node(name="n", chip=CHIP, devices=1, intra_link="pcie", intra_bw_gbs=10,
+                nic_bw_gbs=10)
+    n = len(ingested.layers)
+
+    def tables(costs):
+        return build_tables(model=ingested, chip=_chip(), node=node, tp=1, share=share,
+                            costs=costs, dtype="fp32")
+
+    measured = tables(MeasuredCosts(rows, seq_len=SEQ, model=ingested))
+    analytic = tables(MeasuredCosts([], seq_len=SEQ, model=ingested))
+    assert share * measured.range_working_set(n - 1, n) == pytest.approx(extra)
+    assert share * measured.range_working_set(n - 1, n, True) == pytest.approx(
+        extra + share * last.activation_bytes)
+    # Units without a measurement keep the estimate: what they saved.
+    assert analytic.range_working_set(1, 2) == measured.range_working_set(1, 2) == (
+        ingested.layers[1].activation_bytes)
+    assert analytic.range_working_set(n - 1, n) == last.activation_bytes
 
 
 def test_store_round_trip_and_validation(tmp_path: Path) -> None:

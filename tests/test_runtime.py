@@ -16,9 +16,15 @@ from autosplit.errors import BadInputError
 from autosplit.model.ingest import model_fingerprint
 from autosplit.model.loader import load_model_source
 from autosplit.plan.io import plan_from_dict, save_plan
+from autosplit.runtime.config import DEFAULT_GRAD_CLIP, DEFAULT_LR
 from autosplit.runtime.data import step_batch
 from autosplit.runtime.health import FirstNonFinite
-from autosplit.runtime.pipeline import default_loss, make_master_optimizer, make_optimizer
+from autosplit.runtime.outputs import record_saved_storages, release_unsaved_outputs
+from autosplit.runtime.pipeline import (
+    default_loss,
+    make_master_optimizer,
+    make_optimizer,
+)
 from autosplit.runtime.precision import MasterWeightOptimizer
 from autosplit.runtime.stage_builder import build_stage
 
@@ -29,6 +35,8 @@ SEQ = 16
 UNITS = ["pre", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "post"]
 MODULES = [["wte", "wpe"], ["blocks.0"], ["blocks.1"], ["blocks.2"], ["blocks.3"],
            ["ln_f", "head"]]
+#: A learning rate at which the tiny model's loss visibly falls within two or three steps.
+LR = 1e-3
 
 
 def _plan_dict(stages: list[tuple[int, int, bool]], *, dp: int = 1, global_batch: int = 8,
@@ -62,14 +70,24 @@ def _write(tmp_path: Path, d: dict[str, Any], name: str = "plan.json") -> str:
     return str(path)
 
 
-def _reference(steps: int, *, global_batch: int, micro_batches: int
+def _clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip the unsplit model's gradients to ``max_norm`` (global L2 norm, in fp32)."""
+    norm = float(sum(p.grad.float().square().sum() for p in params)) ** 0.5
+    if max_norm > 0 and norm > max_norm:
+        for p in params:
+            p.grad.mul_(max_norm / (norm + 1e-6))
+    return norm
+
+
+def _reference(steps: int, *, global_batch: int, micro_batches: int,
+               grad_clip: float = DEFAULT_GRAD_CLIP
                ) -> tuple[list[float], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Single-process training of the unsplit model: losses, final params, last grads."""
     source = load_model_source(GPT, ARGS)
     model = build_stage(source, start=0, end=len(UNITS), num_units=len(UNITS), seq_len=SEQ,
                         recompute=False, seed=0, device=torch.device("cpu"))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params)
+    opt = make_optimizer(params, lr=LR)
     losses = []
     for step in range(steps):
         batch = step_batch(source, step=step, seed=0, global_batch=global_batch, seq_len=SEQ,
@@ -82,6 +100,7 @@ def _reference(steps: int, *, global_batch: int, micro_batches: int
             (loss / micro_batches).backward()
             total += loss.detach().item()
         losses.append(total / micro_batches)
+        _clip(params, grad_clip)
         opt.step()
     named = list(model.model.named_parameters())
     return (losses, {k: v.detach().clone() for k, v in named},
@@ -108,7 +127,7 @@ def test_split_pipeline_with_recompute_matches_unsplit_training(tmp_path: Path) 
     dump = tmp_path / "dump"
     dump.mkdir()
     code = main(["run", plan, GPT, "--steps", str(steps), "--warmup", "1", "-o", str(out),
-                 "--dump-params", str(dump), "--timeout", "240"])
+                 "--dump-params", str(dump), "--timeout", "240", "--lr", str(LR)])
     assert code == 0
     measured = json.loads(out.read_text())
     assert measured["schema"] == "autosplit.measured/1"
@@ -129,6 +148,31 @@ def test_split_pipeline_with_recompute_matches_unsplit_training(tmp_path: Path) 
         live = ref_grads[name].abs() > 1e-7
         torch.testing.assert_close(params[name][live], ref[live], rtol=1e-5, atol=1e-6,
                                    msg=name)
+
+
+def test_gradients_are_clipped_by_the_norm_of_the_whole_model(tmp_path: Path) -> None:
+    # Three uneven stages and a clipping norm far below the gradients' norm: every step clips.
+    # Clipping each stage by its own norm would scale the stages differently; only the norm
+    # summed over all stages trains the same model as the unsplit one.
+    steps, clip = 2, 0.05
+    plan = _write(tmp_path, _plan_dict([(0, 2, False), (2, 5, False), (5, 6, False)]))
+    out = tmp_path / "measured.json"
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    code = main(["run", plan, GPT, "--steps", str(steps), "--warmup", "1", "-o", str(out),
+                 "--dump-params", str(dump), "--timeout", "240", "--lr", str(LR),
+                 "--grad-clip", str(clip)])
+    assert code == 0
+    measured = json.loads(out.read_text())
+    ref_losses, ref_params, _ = _reference(steps, global_batch=8, micro_batches=4,
+                                           grad_clip=clip)
+    assert measured["loss"] == pytest.approx(ref_losses, rel=1e-5, abs=1e-6)
+    norms = {tuple(r["grad_norms"]) for r in measured["ranks"]}
+    assert len(norms) == 1  # every rank knows the global norm
+    assert all(n > clip for n in norms.pop())
+    params, grads = _dumped(dump)
+    for name, ref in ref_params.items():
+        torch.testing.assert_close(params[name], ref, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_stage_builder_allocates_only_owned_units() -> None:
@@ -294,7 +338,7 @@ def _reference_master(steps: int, *, global_batch: int, micro_batches: int
                         recompute=False, seed=0, device=torch.device("cpu"))
     model.boundary_dtype = torch.bfloat16
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_master_optimizer(params, dtype=torch.bfloat16)
+    opt = make_master_optimizer(params, dtype=torch.bfloat16, lr=LR)
     losses = []
     for step in range(steps):
         batch = step_batch(source, step=step, seed=0, global_batch=global_batch, seq_len=SEQ,
@@ -309,6 +353,7 @@ def _reference_master(steps: int, *, global_batch: int, micro_batches: int
         for p in params:
             p.grad.div_(micro_batches)
         losses.append(total / micro_batches)
+        _clip(params, DEFAULT_GRAD_CLIP)
         opt.step()
     names = [n for n, _ in model.model.named_parameters()]
     return (losses, dict(zip(names, (m.detach().clone() for m in opt.masters), strict=True)),
@@ -322,7 +367,8 @@ def test_bf16_master_weight_pipeline_matches_single_process(tmp_path: Path) -> N
     dump = tmp_path / "dump"
     dump.mkdir()
     code = main(["run", plan, GPT, "--steps", str(steps), "--warmup", "1", "-o", str(out),
-                 "--dtype", "bf16", "--dump-params", str(dump), "--timeout", "240"])
+                 "--dtype", "bf16", "--dump-params", str(dump), "--timeout", "240",
+                 "--lr", str(LR)])
     assert code == 0
     measured = json.loads(out.read_text())
     assert measured["precision"] == "master" and measured["dtype"] == "bf16"
@@ -398,7 +444,7 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale() -> None:
     opt.step()
     g = float(scaled) / (scale / 2)
     for m, b in zip(opt.masters, before, strict=True):
-        torch.testing.assert_close(m, b * (1 - 1e-3 * 0.01) - 1e-3 * g / (g + 1e-8),
+        torch.testing.assert_close(m, b * (1 - DEFAULT_LR * 0.01) - DEFAULT_LR * g / (g + 1e-8),
                                    rtol=0, atol=1e-6)
 
 
@@ -516,3 +562,51 @@ def test_first_nonfinite_tells_a_transient_fault_from_a_repeating_one() -> None:
     watch.disarm()
     assert watch.found is not None and watch.found.startswith("output of 1 (_FlakyLinear)")
     assert "parameters finite" in watch.found and watch.found.endswith("it is finite")
+
+
+# ---- the last stage's outputs ------------------------------------------------------------------
+
+@pytest.mark.parametrize("loss_fn, producer, freed", [
+    # Cross-entropy saves its fp32 log-softmax, not the bf16 logits: they go.
+    (default_loss, "linear", True),
+    # A loss that multiplies the outputs by themselves saves them: they stay.
+    (lambda o, t: (o * o).float().mean(), "linear", False),
+    # tanh saves its result for its backward: the outputs stay whatever the loss does.
+    (default_loss, "tanh", False),
+    # The outputs are a view of a tensor that an earlier operation (mul) saved: they stay.
+    (default_loss, "view_of_saved", False),
+])
+def test_last_stage_outputs_are_freed_only_when_nothing_reads_them(
+        loss_fn: Any, producer: str, freed: bool) -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 32).to(torch.bfloat16)
+    x = torch.randn(2, 5, 8, dtype=torch.bfloat16)
+    targets = torch.randint(0, 32, (2, 5))
+
+    def forward() -> torch.Tensor:
+        y = head(x)
+        if producer == "tanh":
+            return torch.tanh(y)
+        if producer == "view_of_saved":
+            z = y * 1.0
+            (z * z).sum()  # saves z
+            return z.view(2, 5, 32)
+        return y
+
+    reference = loss_fn(forward(), targets)
+    reference.backward()
+    want = [p.grad.clone() for p in head.parameters()]
+    head.zero_grad(set_to_none=True)
+
+    saved: set[int | None] = set()
+    with record_saved_storages(saved):  # as the stage's forward runs
+        outputs = forward()
+    size = outputs.untyped_storage().nbytes()
+    with record_saved_storages(saved):  # as the loss runs
+        loss = loss_fn(outputs, targets)
+    assert release_unsaved_outputs(outputs, saved) == (size if freed else 0)
+    assert (outputs.untyped_storage().nbytes() == 0) == freed
+    loss.backward()  # the backward never needed what was freed
+    torch.testing.assert_close(loss, reference, rtol=0, atol=0)
+    for p, g in zip(head.parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)

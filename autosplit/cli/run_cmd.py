@@ -12,6 +12,7 @@ from rich.table import Table
 
 from autosplit.cli._common import parse_model_args
 from autosplit.errors import BadInputError
+from autosplit.runtime.config import DEFAULT_GRAD_CLIP, DEFAULT_LR
 
 __all__ = ["register"]
 
@@ -83,6 +84,10 @@ def run(
     dtype: str = typer.Option(
         "", "--dtype", help="Compute dtype bf16 | fp16 | fp32 (default: the plan's on cuda, "
         "fp32 on cpu)."),
+    lr: float = typer.Option(DEFAULT_LR, "--lr", help="AdamW learning rate."),
+    grad_clip: float = typer.Option(
+        DEFAULT_GRAD_CLIP, "--grad-clip", help="Clip gradients to this global L2 norm over "
+        "all stages (0: no clipping)."),
     dump_params: str = typer.Option("", "--dump-params", hidden=True,
                                      help="Save each stage's parameters here after the run."),
 ) -> None:
@@ -97,7 +102,7 @@ def run(
         backend=backend, cuda_devices=_parse_cuda_devices(cuda_devices),
         rank_env=_parse_rank_env(rank_env), seed=seed, output=str(output),
         dump_params_dir=dump_params, attention_backend=attention_backend,
-        precision=precision, dtype=dtype)
+        precision=precision, dtype=dtype, lr=lr, grad_clip=grad_clip)
     config, world = prepare_run(request)
     console = Console()
     if not under_torchrun() and not as_json:
@@ -124,6 +129,9 @@ def run(
             console.print(f"[yellow]rank {r.rank}:[/] {note}")
     loss = (f", loss {measured.loss[0]:.4f} -> {measured.loss[-1]:.4f}" if measured.loss
             else "")
+    norms = measured.ranks[0].grad_norms if measured.ranks else ()
+    if norms:
+        loss += f", gradient norm {norms[0]:.3g} -> {norms[-1]:.3g}"
     console.print(f"median step {measured.median_step_s * 1e3:.1f} ms, "
                   f"{measured.tokens_per_s:,.0f} tokens/s{loss}")
     console.print(f"written to {output}")

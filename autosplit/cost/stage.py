@@ -70,8 +70,13 @@ class StageTables:
     max_act: float  # largest per-sample activation of one unit in the model
     sources: frozenset[str] = field(default_factory=frozenset)
     unit_sources: tuple[str, ...] = ()
-    unit_act: np.ndarray | None = None  # per unit (length L): saved activation bytes per sample
-    _range_max: np.ndarray | None = None
+    #: Per unit (length L), per sample and as at TP 1: the memory its backward needs beyond
+    #: everything already saved — without recomputation (``unit_work``) and with it
+    #: (``unit_work_rc``: its recomputed activations too). Measured where a layer profile
+    #: has the backward's peak; else both are the unit's saved activation bytes.
+    unit_work: np.ndarray | None = None
+    unit_work_rc: np.ndarray | None = None
+    _range_max: dict[bool, np.ndarray] = field(default_factory=dict)
 
     def cost_source(self, start: int, end: int) -> str:
         """Where the times of units ``[start, end)`` came from: measured, analytic or mixed."""
@@ -80,18 +85,21 @@ class StageTables:
             return "measured"
         return "mixed" if "measured" in srcs else "analytic"
 
-    def range_max_act(self, i, j):
-        """Largest per-sample activation of one unit in ``[i, j)`` (scalar or broadcast)."""
+    def range_working_set(self, i, j, recompute: bool = False):
+        """Largest per-sample backward working set of one unit in ``[i, j)`` (scalar or
+        broadcast), with or without recomputation."""
+        work = self.unit_work_rc if recompute else self.unit_work
         if np.ndim(i) == 0 and np.ndim(j) == 0:
             i, j = int(i), int(j)
-            return float(self.unit_act[i:j].max()) if j > i else 0.0
-        if self._range_max is None:
-            n = self.unit_act.size
+            return float(work[i:j].max()) if j > i else 0.0
+        table = self._range_max.get(recompute)
+        if table is None:
+            n = work.size
             table = np.zeros((n + 1, n + 1))
             for a in range(n):
-                table[a, a + 1:] = np.maximum.accumulate(self.unit_act[a:])
-            self._range_max = table
-        return self._range_max[i, j]
+                table[a, a + 1:] = np.maximum.accumulate(work[a:])
+            self._range_max[recompute] = table
+        return table[i, j]
 
 
 def build_tables(*, model: ModelProfile, chip: ChipSpec, node: Node, tp: int, share: int,
@@ -103,10 +111,17 @@ def build_tables(*, model: ModelProfile, chip: ChipSpec, node: Node, tp: int, sh
     rec = np.zeros(n)
     tpc = np.zeros(n)
     sources: list[str] = []
+    # Without a measurement, a unit's backward is taken to need about what it saved (its
+    # activation gradients are of that size).
+    work = np.array([layer.activation_bytes for layer in model.layers], dtype=float)
+    work_rc = work.copy()
     for k, layer in enumerate(model.layers):
         t = costs.layer_timing(layer, chip, micro_batch=share, tp=tp, dtype=dtype)
         fwd[k], bwd[k], rec[k] = t.fwd_s, t.bwd_s, t.recompute_s
         sources.append(t.source)
+        if t.backward_extra_bytes is not None and share > 0:
+            work[k] = t.backward_extra_bytes * tp / share
+            work_rc[k] = work[k] + layer.activation_bytes
         if tp > 1:
             one = allreduce_time(layer.output_bytes * share, tp, bw_gbs=node.intra_bw_gbs,
                                  latency_s=INTRA_NODE_LATENCY_S)
@@ -123,7 +138,7 @@ def build_tables(*, model: ModelProfile, chip: ChipSpec, node: Node, tp: int, sh
         fwd=prefix(fwd), bwd=prefix(bwd), rec=prefix(rec), tpc=prefix(tpc),
         params=prefix(params), act=prefix(act), inp=prefix(inp), out_bytes=out,
         max_act=float(act.max()) if n else 0.0, sources=frozenset(sources),
-        unit_sources=tuple(sources), unit_act=act,
+        unit_sources=tuple(sources), unit_work=work, unit_work_rc=work_rc,
     )
 
 
@@ -220,12 +235,15 @@ def _lane_memory(ctx: StageContext, lane: Lane, i, j, recompute):
     params = (t.params[j] - t.params[i]) / tp
     static = params * (static_bytes_per_param(tr) + optimizer_bytes_per_param(tr, dp=ctx.shape.dp))
     share = lane.share
-    # While a unit runs its backward, its activation gradients (about the size of what it
-    # saved) exist beside everything in flight; with recomputation the unit's recomputed
-    # activations do too. One unit's worth — the largest of the range — is the working set.
-    working = share * t.range_max_act(i, j) / tp
-    full = ctx.in_flight * share * (t.act[j] - t.act[i]) / tp + working
-    kept = ctx.in_flight * share * (t.inp[j] - t.inp[i]) / tp + working
+    # While a unit runs its backward, its gradient buffers and temporaries exist beside
+    # everything in flight (measured by the layer profiles as the peak of the backward above
+    # what the unit saved; else taken as the size of what it saved); with recomputation the
+    # unit's recomputed activations do too. One unit's worth — the largest of the range — is
+    # the working set.
+    full = (ctx.in_flight * share * (t.act[j] - t.act[i]) / tp
+            + share * t.range_working_set(i, j, False) / tp)
+    kept = (ctx.in_flight * share * (t.inp[j] - t.inp[i]) / tp
+            + share * t.range_working_set(i, j, True) / tp)
     return static, np.where(recompute, kept, full)
 
 

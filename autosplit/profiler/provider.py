@@ -146,7 +146,13 @@ class MeasuredCosts:
             recompute = max(rc_bwd - bwd, 0.0)
         else:
             recompute = fwd
-        return LayerTiming(fwd_s=fwd, bwd_s=bwd, recompute_s=recompute, source="measured")
+        mem_rows = [r for r in rows
+                    if math.isfinite(r.peak_bwd_bytes) and math.isfinite(r.activation_bytes)]
+        extra = (max(0.0, interpolate([(r.micro_batch, r.peak_bwd_bytes - r.activation_bytes)
+                                       for r in mem_rows], micro_batch))
+                 if mem_rows else None)
+        return LayerTiming(fwd_s=fwd, bwd_s=bwd, recompute_s=recompute, source="measured",
+                           backward_extra_bytes=extra)
 
 
 def cost_provider_for(*, model: ModelProfile, chips: Iterable[str],

@@ -22,12 +22,16 @@ class LayerTiming:
 
     TP communication is not included here; the cost model adds it from the link model.
     ``source`` is ``"analytic"`` or ``"measured"`` so a plan can say what it rests on.
+    ``backward_extra_bytes``: the memory, per device, that the unit's backward needs beyond
+    the activations it saved (gradient buffers, temporaries) for this micro-batch, where a
+    profile measured it; ``None`` leaves the cost model's estimate.
     """
 
     fwd_s: float
     bwd_s: float
     recompute_s: float
     source: str = "analytic"
+    backward_extra_bytes: float | None = None
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["RunConfig", "RankLayout"]
+__all__ = ["RunConfig", "RankLayout", "DEFAULT_LR", "DEFAULT_GRAD_CLIP"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,12 @@ class RunConfig:
     #: bf16/fp16 runs: "master" (weights and gradients in the dtype, fp32 masters in the
     #: optimizer) or "autocast" (fp32 weights, forward under autocast). fp32 runs ignore it.
     precision: str = "master"
+    #: AdamW learning rate. The default is the scale GPT-3 trained its 1.3B-2.7B models at
+    #: (2e-4, 1.6e-4); 1e-3 made a 2.7B model diverge within a few steps.
+    lr: float = 1e-4
+    #: Clip the gradients to this global L2 norm (over every stage), as Megatron-LM does by
+    #: default; 0 turns clipping off.
+    grad_clip: float = 1.0
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -80,3 +86,9 @@ class RunConfig:
         d["cuda_devices"] = tuple(d["cuda_devices"])
         d["rank_env"] = {int(k): v for k, v in d["rank_env"].items()}
         return cls(**d)
+
+
+#: The learning rate and clipping norm a run uses unless told otherwise (one place for the
+#: command line, the ranks and the single-process references of the tests).
+DEFAULT_LR: float = RunConfig.lr
+DEFAULT_GRAD_CLIP: float = RunConfig.grad_clip

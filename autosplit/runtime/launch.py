@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from autosplit.errors import AutosplitError, BadInputError
 from autosplit.plan.io import load_plan
 from autosplit.runtime.checks import check_model, check_plan_shape, choose_devices
-from autosplit.runtime.config import RankLayout, RunConfig
+from autosplit.runtime.config import DEFAULT_GRAD_CLIP, DEFAULT_LR, RankLayout, RunConfig
 from autosplit.runtime.measure import MeasuredRun, load_measured
 from autosplit.runtime.precision import DTYPES, PRECISIONS
 
@@ -50,6 +50,8 @@ class RunRequest:
     precision: str = "master"
     #: Compute dtype; empty: the plan's on CUDA, fp32 on the CPU.
     dtype: str = ""
+    lr: float = DEFAULT_LR
+    grad_clip: float = DEFAULT_GRAD_CLIP
 
 
 def under_torchrun() -> bool:
@@ -84,6 +86,12 @@ def prepare_run(request: RunRequest) -> tuple[RunConfig, int]:
         raise BadInputError(f"unknown attention backend '{request.attention_backend}'",
                             field="--attention-backend",
                             fix="use one of: " + ", ".join(ATTENTION_BACKENDS))
+    if not request.lr > 0:
+        raise BadInputError(f"learning rate {request.lr:g} is not positive", field="--lr",
+                            fix="pass a positive learning rate, e.g. --lr 1e-4")
+    if not request.grad_clip >= 0:
+        raise BadInputError(f"gradient clipping norm {request.grad_clip:g} is negative",
+                            field="--grad-clip", fix="pass a positive norm, or 0 for none")
     if request.precision not in PRECISIONS:
         raise BadInputError(f"unknown precision '{request.precision}'", field="--precision",
                             fix="use one of: " + ", ".join(PRECISIONS))
@@ -99,7 +107,8 @@ def prepare_run(request: RunRequest) -> tuple[RunConfig, int]:
         rank_env=rank_env, seed=request.seed,
         output=os.path.abspath(request.output) if request.output else "",
         dump_params_dir=request.dump_params_dir, dtype=dtype,
-        attention_backend=request.attention_backend, precision=request.precision)
+        attention_backend=request.attention_backend, precision=request.precision,
+        lr=request.lr, grad_clip=request.grad_clip)
     return config, layout.world_size
 
 

@@ -47,6 +47,8 @@ class RankResult:
     env: dict[str, str] = field(default_factory=dict)
     #: Health checks of the first step (non-finite parameters or activations, where).
     notes: tuple[str, ...] = ()
+    #: Global gradient norm of each step, before clipping (the same on every rank).
+    grad_norms: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,8 @@ def load_measured(path: str) -> MeasuredRun:
     try:
         ranks = tuple(RankResult(**{**r, "step_times_s": tuple(r["step_times_s"]),
                                     "losses": tuple(r.get("losses", ())),
-                                    "notes": tuple(r.get("notes", ()))})
+                                    "notes": tuple(r.get("notes", ())),
+                                    "grad_norms": tuple(r.get("grad_norms", ()))})
                       for r in d["ranks"])
         fields = {k: v for k, v in d.items() if k != "ranks"}
         fields["step_times_s"] = tuple(fields["step_times_s"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import os
 import time
 from collections.abc import Callable
@@ -34,15 +35,16 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from autosplit.model.loader import ModelSource, load_model_source
 from autosplit.plan.io import load_plan
 from autosplit.runtime.boundaries import boundary_metas
-from autosplit.runtime.config import RankLayout, RunConfig
+from autosplit.runtime.config import DEFAULT_LR, RankLayout, RunConfig
 from autosplit.runtime.data import step_batch
 from autosplit.runtime.health import FirstNonFinite, nonfinite_tensors
 from autosplit.runtime.measure import RankResult, device_name, peak_rss_bytes
+from autosplit.runtime.outputs import record_saved_storages, release_unsaved_outputs
 from autosplit.runtime.precision import DTYPES, LossScaler, MasterWeightOptimizer
 from autosplit.runtime.stage_builder import StageModule, build_stage
 
 __all__ = ["run_rank", "TORCH_DTYPES", "default_loss", "make_optimizer",
-           "make_master_optimizer"]
+           "make_master_optimizer", "clip_global_grad_norm"]
 
 TORCH_DTYPES: dict[str, torch.dtype] = DTYPES
 
@@ -54,20 +56,45 @@ def default_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(outputs.float().flatten(0, -2), targets.flatten())
 
 
-def make_optimizer(params: list[torch.nn.Parameter], *,
+def make_optimizer(params: list[torch.nn.Parameter], *, lr: float = DEFAULT_LR,
                    fused: bool = False) -> torch.optim.Optimizer:
     """AdamW as every rank (and a single-process reference) uses it; ``fused`` (one kernel,
     no full-size temporaries) for fp32 masters on a GPU."""
-    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=fused or None)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=fused or None)
 
 
 def make_master_optimizer(params: list[torch.nn.Parameter], *, dtype: torch.dtype,
-                          fused: bool = False) -> MasterWeightOptimizer:
+                          lr: float = DEFAULT_LR, fused: bool = False) -> MasterWeightOptimizer:
     """Cast ``params`` to ``dtype`` and return AdamW over their fp32 masters (fp16 with a
     dynamic loss scale)."""
     scaler = LossScaler() if dtype == torch.float16 else None
-    return MasterWeightOptimizer(params, dtype=dtype, scaler=scaler,
-                                 make_inner=lambda masters: make_optimizer(masters, fused=fused))
+    return MasterWeightOptimizer(
+        params, dtype=dtype, scaler=scaler,
+        make_inner=lambda masters: make_optimizer(masters, lr=lr, fused=fused))
+
+
+def clip_global_grad_norm(params: list[torch.nn.Parameter], *, max_norm: float,
+                          group: Any, copies: int = 1, loss_scale: float = 1.0) -> float:
+    """Scale this rank's gradients so that the L2 norm of all gradients of the model — every
+    stage's, summed over ``group`` — is at most ``max_norm``; returns that norm before
+    clipping (non-finite when some gradient is).
+
+    A stage only holds its own layers' gradients, so a per-stage norm would clip each stage
+    by a different factor and train a different model than the unsplit one; the squared norms
+    are summed over the ranks first. ``copies``: how many ranks of ``group`` hold each stage
+    (data-parallel replicas after their all-reduce hold identical gradients, counted once).
+    ``loss_scale``: fp16 gradients are still multiplied by it; the norm is of the true ones.
+    The sum travels as a CPU tensor, so it works on any backend's control group."""
+    grads = [p.grad for p in params if p.grad is not None]
+    local = (torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
+             .square().sum().double().cpu() if grads else torch.zeros((), dtype=torch.float64))
+    total = local.reshape(1)
+    dist.all_reduce(total, group=group)
+    norm = float(total.item() / copies) ** 0.5 / loss_scale
+    if max_norm > 0 and math.isfinite(norm) and norm > max_norm:
+        coef = max_norm / (norm + 1e-6)
+        torch._foreach_mul_(grads, coef)
+    return norm
 
 
 _SDPA_BACKENDS = {"math": "MATH", "flash": "FLASH_ATTENTION",
@@ -89,16 +116,23 @@ def _sync(device: torch.device) -> None:
 
 
 def _make_loss(source: ModelSource, *, autocast: torch.dtype | None, device: torch.device,
-               scaler: LossScaler | None) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+               scaler: LossScaler | None, stage: StageModule
+               ) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """The last stage's loss; it frees the stage's outputs once nothing will read them
+    (``outputs.release_unsaved_outputs``), using what the stage's forward saved."""
     user = source.loss_fn or default_loss
 
     def loss(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         targets = targets.to(outputs.device if isinstance(outputs, torch.Tensor) else device)
-        if autocast is not None:
-            with torch.autocast(device.type, dtype=autocast):
+        saved = set(stage.saved_storages or ())
+        with record_saved_storages(saved):
+            if autocast is not None:
+                with torch.autocast(device.type, dtype=autocast):
+                    value = user(outputs, targets)
+            else:
                 value = user(outputs, targets)
-        else:
-            value = user(outputs, targets)
+        if stage.saved_storages is not None:
+            release_unsaved_outputs(outputs, saved)
         return value * scaler.scale if scaler is not None else value
 
     return loss
@@ -162,6 +196,8 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
         stage.autocast_dtype = autocast
         stage.boundary_dtype = compute_dtype
         stage.send_device = comm_device if comm_device != device else None
+        if stage_index == plan.num_stages - 1:
+            stage.saved_storages = set()  # the loss frees the logits when nothing saved them
         micro = plan.global_batch // plan.micro_batch_count // layout.dp
         in_meta, out_meta = boundary_metas(source, plan=plan, stage_index=stage_index,
                                            micro_batch=micro, boundary_dtype=compute_dtype,
@@ -176,14 +212,15 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
         names = [n for n, p in stage.model.named_parameters() if p.requires_grad]
         # Master weights: the parameters become compute-dtype tensors here, their fp32
         # initial values the optimizer's masters.
-        optimizer: Any = (make_master_optimizer(params, dtype=compute_dtype,
+        optimizer: Any = (make_master_optimizer(params, dtype=compute_dtype, lr=config.lr,
                                                 fused=device.type == "cuda")
-                          if master else make_optimizer(params))
+                          if master else make_optimizer(params, lr=config.lr))
         scaler = optimizer.scaler if master else None
         # Every rank passes the loss: the schedule runs backward only when it has one.
         schedule = _SCHEDULES[plan.schedule](
             pipe_stage, plan.micro_batch_count,
-            loss_fn=_make_loss(source, autocast=autocast, device=device, scaler=scaler))
+            loss_fn=_make_loss(source, autocast=autocast, device=device, scaler=scaler,
+                               stage=stage))
         keep_no_outputs = _keep_no_outputs(schedule, pipe_stage) if is_last else {}
         watch = FirstNonFinite(stage)
         if device.type == "cuda":
@@ -192,6 +229,7 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
 
         step_times: list[float] = []
         losses: list[float] = []
+        grad_norms: list[float] = []
         skipped = 0
         for step in range(config.steps):
             batch = step_batch(source, step=step, seed=config.seed,
@@ -230,6 +268,9 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
                 if bad_grads:
                     notes.append(f"first step: {len(bad_grads)} gradient(s) not finite: "
                                  f"{bad_grads[:3]}")
+            grad_norms.append(clip_global_grad_norm(
+                params, max_norm=config.grad_clip, group=control, copies=layout.dp,
+                loss_scale=scaler.scale if scaler is not None else 1.0))
             if scaler is not None:
                 # A step is skipped on every rank when any rank's gradients overflowed.
                 overflow = torch.tensor([0.0 if optimizer.grads_finite() else 1.0])
@@ -271,7 +312,7 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
                             peak_reserved_bytes=reserved, memory_kind=kind,
                             params=sum(p.numel() for p in params),
                             step_times_s=tuple(step_times), losses=tuple(losses), env=env,
-                            notes=tuple(notes))
+                            notes=tuple(notes), grad_norms=tuple(grad_norms))
         gathered: list[Any] = [None] * world_size
         dist.all_gather_object(gathered, result, group=control)
         return list(gathered)

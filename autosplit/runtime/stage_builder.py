@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ from torch.utils.checkpoint import checkpoint
 from autosplit.errors import BadInputError
 from autosplit.model.loader import ModelSource, Partition, build_on_meta, find_partition
 from autosplit.model.user_code import call_user
+from autosplit.runtime.outputs import record_saved_storages
 
 __all__ = ["StageHooks", "StageModule", "UnitSpan", "stage_hooks", "build_stage",
            "model_partition", "unit_span", "name_seed"]
@@ -271,6 +272,9 @@ class StageModule(nn.Module):
         self.send_device: torch.device | None = None
         self.boundary_dtype: torch.dtype | None = None
         self.autocast_dtype: torch.dtype | None = None
+        #: When a set: the storages of the tensors the last forward saved for its backward
+        #: (the last stage's loss frees outputs that none of them shares).
+        self.saved_storages: set[int | None] | None = None
         # A view for the default pre forward: the model's own forward, no blocks, no post.
         replacements: dict[str, nn.Module] = {block_list: nn.ModuleList()}
         replacements.update({name: nn.Identity() for name in post_all})
@@ -331,11 +335,16 @@ class StageModule(nn.Module):
         # kernels (and the stride checks of the pipeline) assume it.
         inputs = tuple(t.to(self.compute_device).contiguous() if isinstance(t, torch.Tensor)
                        else t for t in inputs)
-        if self.autocast_dtype is not None:
-            with torch.autocast(self.compute_device.type, dtype=self.autocast_dtype):
+        record = (nullcontext() if self.saved_storages is None
+                  else record_saved_storages(self.saved_storages))
+        if self.saved_storages is not None:
+            self.saved_storages.clear()
+        with record:
+            if self.autocast_dtype is not None:
+                with torch.autocast(self.compute_device.type, dtype=self.autocast_dtype):
+                    out = self._compute(*inputs)
+            else:
                 out = self._compute(*inputs)
-        else:
-            out = self._compute(*inputs)
         return self._to_boundary(out)
 
 
