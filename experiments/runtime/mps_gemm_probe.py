@@ -11,6 +11,9 @@ it wrote something wrong. Run it in each MPS client at once, under each BLAS set
 setting):
 
     CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=20 python3 experiments/runtime/mps_gemm_probe.py default
+
+A second argument lists the token counts per micro-batch to probe (default 2048, i.e. one
+sample of 2048 tokens; ``2048,4096`` adds the shapes of two-sample micro-batches).
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ import time
 
 import torch
 
-_HIDDEN, _FFN, _VOCAB, _TOKENS = 2560, 10240, 50257, 2048
-# (m, k, n) of y = x @ w: qkv, attention out, mlp in, mlp out, head; then their input- and
-# weight-gradient products.
-_FORWARD = [(_TOKENS, _HIDDEN, 3 * _HIDDEN), (_TOKENS, _HIDDEN, _HIDDEN),
-            (_TOKENS, _HIDDEN, _FFN), (_TOKENS, _FFN, _HIDDEN), (_TOKENS, _HIDDEN, _VOCAB)]
-_SHAPES = (_FORWARD + [(m, n, k) for m, k, n in _FORWARD]
-           + [(k, m, n) for m, k, n in _FORWARD])
+_HIDDEN, _FFN, _VOCAB = 2560, 10240, 50257
+
+
+def _shapes(tokens: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of y = x @ w: qkv, attention out, mlp in, mlp out, head; then their input-
+    and weight-gradient products."""
+    forward = [(tokens, _HIDDEN, 3 * _HIDDEN), (tokens, _HIDDEN, _HIDDEN),
+               (tokens, _HIDDEN, _FFN), (tokens, _FFN, _HIDDEN), (tokens, _HIDDEN, _VOCAB)]
+    return forward + [(m, n, k) for m, k, n in forward] + [(k, m, n) for m, k, n in forward]
 
 
 def _check(out: torch.Tensor, ref: torch.Tensor) -> tuple[bool, bool]:
@@ -38,14 +43,15 @@ def _check(out: torch.Tensor, ref: torch.Tensor) -> tuple[bool, bool]:
     return nonfinite, err > 0.05 * float(ref.abs().max())
 
 
-def main(label: str, repeats: int = 6) -> None:
+def main(label: str, tokens: str = "2048", repeats: int = 6) -> None:
     torch.manual_seed(0)
     device = torch.device("cuda")
-    result = {"label": label, "mps_percentage": os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"),
+    result = {"label": label, "tokens": tokens,
+              "mps_percentage": os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"),
               "sm_count": torch.cuda.get_device_properties(device).multi_processor_count,
               "calls": 0, "nonfinite": 0, "wrong": 0, "errors": 0, "first_bad": None}
     start = time.perf_counter()
-    for m, k, n in _SHAPES:
+    for m, k, n in [s for t in tokens.split(",") for s in _shapes(int(t))]:
         a = torch.randn(m, k, device=device, dtype=torch.bfloat16)
         b = torch.randn(k, n, device=device, dtype=torch.bfloat16) / k ** 0.5
         bias = torch.randn(n, device=device, dtype=torch.bfloat16)
@@ -81,4 +87,4 @@ def main(label: str, repeats: int = 6) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "default")
+    main(*sys.argv[1:3])
