@@ -233,6 +233,10 @@ def test_device_and_batch_refusals(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "unknown precision" in capsys.readouterr().err
     assert _run_code(tmp_path, plan, "--dtype", "fp8") == 2
     assert "unknown dtype" in capsys.readouterr().err
+    assert _run_code(tmp_path, plan, "--lr", "0") == 2
+    assert "--lr" in capsys.readouterr().err
+    assert _run_code(tmp_path, plan, "--grad-clip", "-1") == 2
+    assert "--grad-clip" in capsys.readouterr().err
     d = _plan_dict([(0, 3, False), (3, 6, False)], dp=2, global_batch=8, micro_batches=2)
     d["stages"][1]["replicas"] = d["stages"][1]["replicas"][:1]
     uneven_dp = _write(tmp_path, d, "dp.json")
