@@ -18,6 +18,7 @@ from autosplit.model.loader import load_model_source
 from autosplit.plan.io import plan_from_dict, save_plan
 from autosplit.runtime.config import DEFAULT_GRAD_CLIP, DEFAULT_LR
 from autosplit.runtime.data import step_batch
+from autosplit.runtime.gemm_check import check_gemms, stage_gemm_shapes
 from autosplit.runtime.health import FirstNonFinite
 from autosplit.runtime.outputs import record_saved_storages, release_unsaved_outputs
 from autosplit.runtime.pipeline import (
@@ -614,3 +615,38 @@ def test_last_stage_outputs_are_freed_only_when_nothing_reads_them(
     torch.testing.assert_close(loss, reference, rtol=0, atol=0)
     for p, g in zip(head.parameters(), want, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+
+
+# ---- GEMM self-check -----------------------------------------------------------------------------
+
+def test_gemm_shapes_of_a_stage_cover_forward_and_both_gradients() -> None:
+    stage = torch.nn.Sequential(torch.nn.Linear(8, 24), torch.nn.Linear(24, 8),
+                                torch.nn.Linear(8, 24))
+    assert stage_gemm_shapes(stage, tokens=32) == [
+        (32, 8, 24), (32, 24, 8), (8, 32, 24), (24, 32, 8)]
+
+
+def test_gemm_check_passes_a_correct_device_and_names_a_faulty_product(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    shapes = [(64, 32, 48), (48, 64, 32), (32, 64, 48)]
+    for dtype in (torch.float32, torch.bfloat16):
+        check = check_gemms(shapes, device=torch.device("cpu"), dtype=dtype)
+        assert check.ok and check.products == 3
+    real_mm = torch.mm
+
+    def unwritten_tile(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
+        # What the faulty kernels did: the product, with one tile of the output not written.
+        real_mm(a[16:], b, out=out[16:])
+        return out
+
+    def wrong_values(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
+        real_mm(a, b, out=out)
+        return out.mul_(3.0)
+
+    for fault, words in ((unwritten_tile, "not fully written"), (wrong_values, "wrong values")):
+        monkeypatch.setattr(torch, "mm", fault)
+        check = check_gemms(shapes, device=torch.device("cpu"), dtype=torch.float32)
+        monkeypatch.setattr(torch, "mm", real_mm)
+        assert len(check.failures) == 3 and words in check.failures[0]
+        assert "64x32x48" in check.failures[0]
+        assert "3 of 3 matrix products" in check.note(torch.device("cpu"))

@@ -37,6 +37,7 @@ from autosplit.plan.io import load_plan
 from autosplit.runtime.boundaries import boundary_metas
 from autosplit.runtime.config import DEFAULT_LR, RankLayout, RunConfig
 from autosplit.runtime.data import step_batch
+from autosplit.runtime.gemm_check import check_gemms, stage_gemm_shapes
 from autosplit.runtime.health import FirstNonFinite, nonfinite_tensors
 from autosplit.runtime.measure import RankResult, device_name, peak_rss_bytes
 from autosplit.runtime.outputs import record_saved_storages, release_unsaved_outputs
@@ -208,6 +209,11 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
                                    group=pp_groups[replica])
         stage.to(device)  # some releases move the module to the stage's (host) device
         notes = _finite_notes(stage, when="after initialisation")
+        if device.type == "cuda":
+            check = check_gemms(stage_gemm_shapes(stage, tokens=micro * plan.model.seq_len),
+                                device=device, dtype=compute_dtype)
+            if not check.ok:
+                notes.append(check.note(device))
         params = [p for p in stage.parameters() if p.requires_grad]
         names = [n for n, p in stage.model.named_parameters() if p.requires_grad]
         # Master weights: the parameters become compute-dtype tensors here, their fp32
