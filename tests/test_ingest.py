@@ -54,7 +54,7 @@ def gpt_1p3b_unfused() -> ModelProfile:
 
 
 @pytest.mark.parametrize("size,dims", [
-    ("tiny", {"layers": 4, "hidden": 128, "vocab": 512, "positions": 256}),
+    ("tiny", {"layers": 4, "hidden": 128, "vocab": 512, "positions": 2048}),
     ("1.3b", _1P3B),
 ])
 def test_gpt_parameter_count_matches_hand_formula(size: str, dims: dict[str, int]) -> None:
@@ -68,7 +68,7 @@ def test_gpt_parameter_count_matches_hand_formula(size: str, dims: dict[str, int
 def test_parameter_overrides_change_the_count() -> None:
     profile = ingest_model(GPT, model_args={"size": "tiny", "layers": "3", "hidden": "64",
                                             "heads": "2", "vocab": "300"}, seq_len=16)
-    assert profile.total_params == gpt_params(layers=3, hidden=64, vocab=300, positions=256)
+    assert profile.total_params == gpt_params(layers=3, hidden=64, vocab=300, positions=2048)
     assert [u.kind for u in profile.layers] == ["pre", "block", "block", "block", "post"]
 
 

@@ -105,3 +105,16 @@ def test_partition_without_inputs_falls_back_to_attribute_order() -> None:
     assert partition.block_list == "blocks"
     assert partition.pre == ("wte", "wpe")
     assert partition.post == ("ln_f", "head")
+
+
+def test_a_sequence_longer_than_the_models_positions_is_refused_clearly(capsys) -> None:
+    from autosplit.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    code = main(["search", str(repo / "experiments/models/gpt.py"), "-a", "size=tiny", "-a",
+                 "positions=64", "--seq-len", "128", "-c",
+                 str(repo / "experiments/clusters/small_2type.yaml"), "-q", "--no-cache"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "sequence length 128 exceeds the model's 64 positions" in err
+    assert "do what its message says" in err

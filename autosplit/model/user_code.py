@@ -46,6 +46,8 @@ def call_user(fn: Callable[..., T], *args: Any, path: str, what: str, fix: str,
     """Call ``fn`` from the user's file; any exception becomes a ``BadInputError``.
 
     ``what`` names the step (``"build_model(size='70b')"``) and ``fix`` says what to change.
+    A ``ValueError`` is how a model file refuses its arguments on purpose (a sequence longer
+    than its positions, an unknown size), so its own message is the fix to follow.
     ``AutosplitError`` raised from inside (e.g. by our own helpers) passes through unchanged.
     """
     try:
@@ -53,5 +55,8 @@ def call_user(fn: Callable[..., T], *args: Any, path: str, what: str, fix: str,
     except AutosplitError:
         raise
     except Exception as exc:  # noqa: BLE001 - user code may raise anything
+        if isinstance(exc, ValueError):
+            fix = ("the model file refused these arguments: do what its message says "
+                   "(model arguments with -a KEY=VALUE, the sequence length with --seq-len)")
         raise BadInputError(f"{what} failed: {describe_exception(exc, path)}", file=path,
                             fix=fix) from None

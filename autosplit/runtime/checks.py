@@ -33,7 +33,8 @@ class DeviceChoice:
 
 
 def check_plan_shape(plan: Plan, *, path: str) -> None:
-    """What the runtime supports: 1F1B/GPipe, no TP, one DP degree with equal shares."""
+    """What the runtime supports: 1F1B/GPipe, no TP, one DP degree, and each replica's batch
+    share the same on every stage (uneven shares across replicas are fine)."""
     if plan.schedule not in SCHEDULES:
         raise BadInputError(f"schedule '{plan.schedule}' is not supported by the runtime",
                             file=path, field="schedule",
@@ -74,17 +75,25 @@ def check_plan_shape(plan: Plan, *, path: str) -> None:
             fix="search with a uniform DP degree, or run the plan on a runtime that supports "
                 "per-stage DP (see docs/runtime.md, Limits)")
     dp = dps.pop()
-    shares = {r.batch_share for s in plan.stages for r in s.replicas}
-    if len(shares) != 1:
+    # Replica r of every stage forms one pipeline: its micro-batches must have one size.
+    for r in range(dp):
+        shares = {s.index: s.replicas[r].batch_share for s in plan.stages}
+        if len(set(shares.values())) != 1:
+            detail = ", ".join(f"{v} on stage {k}" for k, v in shares.items())
+            raise BadInputError(
+                f"replica {r} carries different batch shares on different stages ({detail}); "
+                f"the runtime passes replica {r}'s micro-batches through replica {r} of every "
+                "stage, so its share must be the same on all of them", file=path,
+                field=f"stages[].replicas[{r}].batch_share",
+                fix="give each replica the same batch_share on every stage (see "
+                    "docs/runtime.md, Limits)")
+    per_micro = sum(r.batch_share for r in plan.stages[0].replicas)
+    if plan.micro_batch_count < 1 or per_micro * plan.micro_batch_count != plan.global_batch:
         raise BadInputError(
-            f"replicas have uneven batch shares ({sorted(shares)}); the runtime needs equal "
-            "shares", file=path, field="stages[].replicas[].batch_share",
-            fix="use equal shares (see docs/runtime.md, Limits)")
-    if plan.micro_batch_count < 1 or plan.global_batch % (plan.micro_batch_count * dp):
-        raise BadInputError(
-            f"global batch {plan.global_batch} does not split into {plan.micro_batch_count} "
-            f"micro-batches of {dp} equal replica shares", file=path, field="global_batch",
-            fix="make global_batch a multiple of micro_batch_count x dp")
+            f"global batch {plan.global_batch} is not {plan.micro_batch_count} micro-batches "
+            f"of {per_micro} samples (the replicas' batch shares)", file=path,
+            field="global_batch",
+            fix="make global_batch = micro_batch_count x the sum of a stage's batch shares")
 
 
 def check_model(plan: Plan, *, plan_path: str, model_path: str,

@@ -8,6 +8,7 @@ batch ever crosses the network, and a single-process reference draws exactly the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,9 +41,10 @@ def _rows(t: Any, start: int, stop: int) -> Any:
 
 
 def step_batch(source: ModelSource, *, step: int, seed: int, global_batch: int, seq_len: int,
-               replica: int, replicas: int) -> Batch:
-    """The rows of step ``step``'s global batch that data-parallel replica ``replica`` owns
-    (equal shares), on the CPU; the caller moves them."""
+               replica: int, replicas: int, shares: Sequence[int] | None = None) -> Batch:
+    """The rows of step ``step``'s global batch that data-parallel replica ``replica`` owns,
+    on the CPU; the caller moves them. ``shares``: the samples of the step each replica
+    takes (a faster chip's replica more), consecutive blocks of rows; ``None``: equal."""
     torch.manual_seed(seed * 1_000_003 + step)
     out = call_user(source.example_batch, global_batch, seq_len, torch.device("cpu"),
                     path=source.path, what=f"example_batch({global_batch}, {seq_len}, cpu)",
@@ -54,6 +56,8 @@ def step_batch(source: ModelSource, *, step: int, seed: int, global_batch: int, 
     inputs, targets = out
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
-    share = global_batch // replicas
-    lo, hi = replica * share, (replica + 1) * share
+    if shares is None:
+        shares = [global_batch // replicas] * replicas
+    lo = sum(shares[:replica])
+    hi = lo + shares[replica]
     return Batch(tuple(_rows(t, lo, hi) for t in inputs), _rows(targets, lo, hi))

@@ -13,8 +13,9 @@ last stage does not keep its micro-batches' outputs (the logits) beyond their ba
 
 With the CPU relay, stage boundaries are host tensors over gloo: the stage copies its input to
 its GPU, computes, and copies its output back to the host — the path between chips whose
-collective libraries cannot talk to each other. Data parallelism (same degree on every stage,
-equal shares) averages each stage's gradients over its replicas after the schedule step.
+collective libraries cannot talk to each other. Data parallelism (same degree on every stage)
+averages each stage's gradients over its replicas after the schedule step, each weighted by its
+share of the samples: replicas on faster chips may take more (the uneven DP split).
 """
 
 from __future__ import annotations
@@ -199,7 +200,10 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
         stage.send_device = comm_device if comm_device != device else None
         if stage_index == plan.num_stages - 1:
             stage.saved_storages = set()  # the loss frees the logits when nothing saved them
-        micro = plan.global_batch // plan.micro_batch_count // layout.dp
+        # This replica's samples per micro-batch (uneven across replicas when their chips
+        # differ) and its samples of the whole step, as the rows it draws.
+        micro = stage_plan.replicas[replica].batch_share
+        step_shares = [r.batch_share * plan.micro_batch_count for r in stage_plan.replicas]
         in_meta, out_meta = boundary_metas(source, plan=plan, stage_index=stage_index,
                                            micro_batch=micro, boundary_dtype=compute_dtype,
                                            seed=config.seed)
@@ -240,7 +244,7 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
         for step in range(config.steps):
             batch = step_batch(source, step=step, seed=config.seed,
                                global_batch=plan.global_batch, seq_len=plan.model.seq_len,
-                               replica=replica, replicas=layout.dp)
+                               replica=replica, replicas=layout.dp, shares=step_shares)
             optimizer.zero_grad(set_to_none=True)
             _sync(device)
             dist.barrier(group=control)
@@ -264,10 +268,13 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
                 if watch.found is not None:
                     notes.append(f"first step: {watch.found}")
             if dp_groups:
+                # Each replica's gradient is the mean over its own samples; the step's is the
+                # mean over all, so each replica counts by its share of the samples.
+                weight = step_shares[replica] / plan.global_batch
                 for p in params:
                     if p.grad is not None:
+                        p.grad.mul_(weight)
                         dist.all_reduce(p.grad, group=dp_groups[stage_index])
-                        p.grad.div_(layout.dp)
             if step == 0:
                 bad_grads = nonfinite_tensors((n, p.grad) for n, p in zip(names, params,
                                                                           strict=True))

@@ -35,8 +35,12 @@ def assemble(config: RunConfig, results: list[RankResult]) -> MeasuredRun:
         tokens_per_sample=tokens)
     last = [r for r in ranks if r.stage == plan.num_stages - 1]
     steps = len(times)
-    loss = tuple(sum(r.losses[i] for r in last) / len(last) for i in range(steps)) \
-        if last and all(len(r.losses) == steps for r in last) else ()
+    # The step's loss is the mean over all samples: each replica's mean by its share.
+    shares = {i: rep.batch_share for i, rep in enumerate(plan.stages[-1].replicas)}
+    total = sum(shares[r.replica] for r in last) if last else 0
+    loss = tuple(sum(r.losses[i] * shares[r.replica] for r in last) / total
+                 for i in range(steps)) \
+        if last and total and all(len(r.losses) == steps for r in last) else ()
     return MeasuredRun(
         plan_fingerprint=plan_fingerprint(plan), plan_file=config.plan_path,
         model_file=config.model_path, model_args=dict(config.model_args), device=config.device,

@@ -31,7 +31,7 @@ BLOCKS = "blocks"
 
 #: size -> (layers, hidden, heads, vocab, positions)
 SIZES: dict[str, tuple[int, int, int, int, int]] = {
-    "tiny": (4, 128, 4, 512, 256),
+    "tiny": (4, 128, 4, 512, 2048),
     "125m": (12, 768, 12, 50257, 2048),
     "350m": (24, 1024, 16, 50257, 2048),
     "760m": (24, 1536, 16, 50257, 2048),
@@ -104,6 +104,12 @@ class GPT(nn.Module):
         self.head = nn.Linear(hidden, vocab, bias=False)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        # Checked here because the meta device, where autosplit ingests the model, does not
+        # check embedding indices: without it a too-long sequence fails only on a real device.
+        if idx.shape[1] > self.wpe.num_embeddings:
+            raise ValueError(f"sequence length {idx.shape[1]} exceeds the model's "
+                             f"{self.wpe.num_embeddings} positions; use --seq-len "
+                             f"{self.wpe.num_embeddings} or less, or -a positions=N")
         pos = torch.arange(idx.shape[1], device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
         for block in self.blocks:
