@@ -151,12 +151,16 @@ def test_split_pipeline_with_recompute_matches_unsplit_training(tmp_path: Path) 
                                    msg=name)
 
 
-def test_uneven_data_parallel_shares_train_like_the_unsplit_model(tmp_path: Path) -> None:
-    # Two pipelines of two stages; replica 0 (a faster chip's) takes 3 samples of every
-    # micro-batch of 4, replica 1 takes 1. Each replica's gradient is the mean over its own
-    # samples, so they must be weighted 3 : 1 to give the step's mean.
+@pytest.mark.parametrize("stages", [[(0, 3, False), (3, 6, False)], [(0, 6, False)]],
+                         ids=["two-stages", "data-parallel-only"])
+def test_uneven_data_parallel_shares_train_like_the_unsplit_model(
+        tmp_path: Path, stages: list[tuple[int, int, bool]]) -> None:
+    # Two replicas (of a two-stage pipeline, or of the whole model); replica 0 (a faster
+    # chip's) takes 3 samples of every micro-batch of 4, replica 1 takes 1. Each replica's
+    # gradient is the mean over its own samples, so they must be weighted 3 : 1 to give the
+    # step's mean.
     steps = 2
-    d = _plan_dict([(0, 3, False), (3, 6, False)], dp=2, global_batch=8, micro_batches=2)
+    d = _plan_dict(stages, dp=2, global_batch=8, micro_batches=2)
     for stage in d["stages"]:
         stage["replicas"][0]["batch_share"] = 3
         stage["replicas"][1]["batch_share"] = 1

@@ -252,17 +252,19 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
                 watch.arm()  # one device sync per module: the first step only
             start = time.perf_counter()
             with _attention(config.attention_backend):
-                if stage_index == 0:
-                    schedule.step(*(t.to(comm_device) for t in batch.inputs))
-                elif is_last:
+                # The first stage feeds the inputs, the last the targets; a one-stage plan
+                # (data parallelism alone) does both.
+                inputs = (tuple(t.to(comm_device) for t in batch.inputs) if stage_index == 0
+                          else ())
+                if is_last:
                     mb_losses: list[torch.Tensor] = []
-                    schedule.step(target=batch.targets.to(device), losses=mb_losses,
+                    schedule.step(*inputs, target=batch.targets.to(device), losses=mb_losses,
                                   **keep_no_outputs)
                     scale = scaler.scale if scaler is not None else 1.0
                     losses.append(float(torch.stack([x.detach().float() for x in mb_losses])
                                         .mean().cpu()) / scale)
                 else:
-                    schedule.step()
+                    schedule.step(*inputs)
             if step == 0:
                 watch.disarm()
                 if watch.found is not None:
