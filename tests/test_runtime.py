@@ -136,6 +136,11 @@ def test_split_pipeline_with_recompute_matches_unsplit_training(tmp_path: Path) 
                                                                         (1, 0), (1, 1)]
     assert len(measured["step_times_s"]) == steps and measured["median_step_s"] > 0
     assert measured["tokens_per_s"] > 0
+    for r in measured["ranks"]:
+        # Each rank's compute is timed per step and fits inside the step.
+        assert len(r["compute_s"]) == steps
+        assert all(0 < c <= t for c, t in zip(r["compute_s"], measured["step_times_s"],
+                                              strict=True))
 
     ref_losses, ref_params, ref_grads = _reference(steps, global_batch=8, micro_batches=4)
     assert measured["loss"] == pytest.approx(ref_losses, rel=1e-5, abs=1e-6)

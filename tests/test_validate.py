@@ -100,3 +100,29 @@ def test_measurements_record_their_precision() -> None:
     earlier = load_measured(str(RUNTIME / "results" / "autocast" / "measured_searched.json"))
     assert earlier.precision == "autocast"
     assert compare(load_plan(PLAN), earlier).measured_iteration_s == earlier.median_step_s
+
+
+def test_per_stage_compute_is_compared_with_the_slowest_rank(tmp_path: Path) -> None:
+    d = json.loads(MEASURED.read_text())
+    warmup = d["warmup"]
+    steps = len(d["step_times_s"])
+    for r in d["ranks"]:
+        # Warm-up steps are slow and must be left out; stage 1's rank computes 0.5 s a step.
+        base = 0.3 if r["stage"] == 0 else 0.5
+        r["compute_s"] = [9.0] * warmup + [base + 0.01 * i for i in range(steps - warmup)]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(d))
+    plan = load_plan(PLAN)
+    result = compare(plan, load_measured(str(path)))
+    timed = steps - warmup
+    for cmp, sp in zip(result.stages, plan.prediction.stages, strict=True):
+        base = 0.3 if cmp.stage == 0 else 0.5
+        median = base + 0.01 * (timed - 1) / 2
+        assert cmp.measured_compute_s == pytest.approx(median)
+        predicted = (sp.fwd_s + sp.bwd_s + sp.recompute_s + sp.tp_comm_s) * \
+            plan.micro_batch_count
+        assert cmp.predicted_compute_s == pytest.approx(predicted)
+        assert cmp.compute_error_pct == pytest.approx(100 * (predicted - median) / median)
+    # Files from before the field have no per-stage compute: nothing is compared.
+    assert all(s.compute_error_pct is None for s in compare(plan, load_measured(
+        str(MEASURED))).stages)

@@ -48,6 +48,10 @@ def _gb(x: float | None) -> str:
     return "-" if x is None else f"{x / 1e9:.2f}"
 
 
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:.1f}"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:+.1f}%"
 
@@ -162,13 +166,14 @@ def validate(
     console = Console()
     table = Table(title=f"predicted vs measured ({result.device}, {result.backend}"
                         f"{', CPU relay' if result.cpu_relay else ''})")
-    for col in ("stage", "chip", "ranks", "device", "pred. memory GB", "meas. memory GB",
-                "memory error"):
+    for col in ("stage", "chip", "ranks", "pred. memory GB", "meas. memory GB",
+                "memory error", "pred. compute ms", "meas. compute ms", "compute error"):
         table.add_column(col)
     for s in result.stages:
         table.add_row(str(s.stage), s.chip, ",".join(map(str, s.ranks)),
-                      ",".join(sorted(set(s.devices))), _gb(s.predicted_memory_bytes),
-                      _gb(s.measured_memory_bytes), _pct(s.memory_error_pct))
+                      _gb(s.predicted_memory_bytes), _gb(s.measured_memory_bytes),
+                      _pct(s.memory_error_pct), _ms(s.predicted_compute_s),
+                      _ms(s.measured_compute_s), _pct(s.compute_error_pct))
     console.print(table)
     console.print(
         f"iteration: predicted {result.predicted_iteration_s * 1e3:.1f} ms, measured "

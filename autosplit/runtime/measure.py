@@ -49,6 +49,9 @@ class RankResult:
     notes: tuple[str, ...] = ()
     #: Global gradient norm of each step, before clipping (the same on every rank).
     grad_norms: tuple[float, ...] = ()
+    #: Seconds of each step this rank spent computing its stage (forwards, loss, backwards;
+    #: see ``compute_timer``), apart from waiting and communicating.
+    compute_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,8 @@ def load_measured(path: str) -> MeasuredRun:
         ranks = tuple(RankResult(**{**r, "step_times_s": tuple(r["step_times_s"]),
                                     "losses": tuple(r.get("losses", ())),
                                     "notes": tuple(r.get("notes", ())),
-                                    "grad_norms": tuple(r.get("grad_norms", ()))})
+                                    "grad_norms": tuple(r.get("grad_norms", ())),
+                                    "compute_s": tuple(r.get("compute_s", ()))})
                       for r in d["ranks"])
         fields = {k: v for k, v in d.items() if k != "ranks"}
         fields["step_times_s"] = tuple(fields["step_times_s"])

@@ -36,6 +36,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from autosplit.model.loader import ModelSource, load_model_source
 from autosplit.plan.io import load_plan
 from autosplit.runtime.boundaries import boundary_metas
+from autosplit.runtime.compute_timer import ComputeTimer
 from autosplit.runtime.config import DEFAULT_LR, RankLayout, RunConfig
 from autosplit.runtime.data import step_batch
 from autosplit.runtime.gemm_check import check_gemms, stage_gemm_shapes
@@ -226,11 +227,15 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
                                                 fused=device.type == "cuda")
                           if master else make_optimizer(params, lr=config.lr))
         scaler = optimizer.scaler if master else None
+        # The stage's own work, timed per step: every forward, the loss, every backward.
+        timer = ComputeTimer(device)
+        pipe_stage.forward_one_chunk = timer.wrap(pipe_stage.forward_one_chunk)
+        pipe_stage.backward_one_chunk = timer.wrap(pipe_stage.backward_one_chunk)
         # Every rank passes the loss: the schedule runs backward only when it has one.
         schedule = _SCHEDULES[plan.schedule](
             pipe_stage, plan.micro_batch_count,
-            loss_fn=_make_loss(source, autocast=autocast, device=device, scaler=scaler,
-                               stage=stage))
+            loss_fn=timer.wrap(_make_loss(source, autocast=autocast, device=device,
+                                          scaler=scaler, stage=stage)))
         keep_no_outputs = _keep_no_outputs(schedule, pipe_stage) if is_last else {}
         watch = FirstNonFinite(stage)
         if device.type == "cuda":
@@ -240,6 +245,7 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
         step_times: list[float] = []
         losses: list[float] = []
         grad_norms: list[float] = []
+        compute_s: list[float] = []
         skipped = 0
         for step in range(config.steps):
             batch = step_batch(source, step=step, seed=config.seed,
@@ -298,6 +304,7 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
             _sync(device)
             dist.barrier(group=control)
             step_times.append(time.perf_counter() - start)
+            compute_s.append(timer.take_step())
             if step == 0:
                 notes.extend(_finite_notes(stage, when="after the first step"))
         if skipped:
@@ -327,7 +334,8 @@ def run_rank(config: RunConfig, *, rank: int, world_size: int) -> list[RankResul
                             peak_reserved_bytes=reserved, memory_kind=kind,
                             params=sum(p.numel() for p in params),
                             step_times_s=tuple(step_times), losses=tuple(losses), env=env,
-                            notes=tuple(notes), grad_norms=tuple(grad_norms))
+                            notes=tuple(notes), grad_norms=tuple(grad_norms),
+                            compute_s=tuple(compute_s))
         gathered: list[Any] = [None] * world_size
         dist.all_gather_object(gathered, result, group=control)
         return list(gathered)

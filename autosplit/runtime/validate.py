@@ -1,6 +1,9 @@
 """Predicted versus measured: how far the cost model was from a real run of the same plan.
 
-Iteration time is compared with the median step after warm-up. Memory is compared per stage:
+Iteration time is compared with the median step after warm-up, and per stage the predicted
+compute (forward, backward and recompute of all micro-batches) with what its slowest rank
+measured (``compute_timer``): where the iteration error comes from. Memory is compared per
+stage:
 the prediction's weights + gradients + optimizer states + activations (the reserve is head-room
 the planner keeps, not memory anything allocates) against the largest
 ``torch.cuda.max_memory_allocated`` among the stage's ranks. CPU runs have no comparable
@@ -9,6 +12,7 @@ memory figure, so their memory rows show the measurement only.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,6 +37,11 @@ class StageComparison:
     predicted_weights_bytes: float
     predicted_activation_bytes: float
     predicted_busy_s: float
+    #: Per step: the stage's forward + backward (+ recompute) over all micro-batches, against
+    #: the median over the timed steps of its slowest rank's measured compute time.
+    predicted_compute_s: float = 0.0
+    measured_compute_s: float | None = None
+    compute_error_pct: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,11 @@ def compare(plan: Plan, measured: MeasuredRun, *, plan_path: str = "",
         predicted_mem = mem.weights + mem.gradients + mem.optimizer + mem.activations
         peaks = [r.peak_memory_bytes for r in ranks if r.peak_memory_bytes is not None]
         measured_mem = float(max(peaks)) if peaks else None
+        predicted_compute = (sp.fwd_s + sp.bwd_s + sp.recompute_s + sp.tp_comm_s) * \
+            plan.micro_batch_count
+        timed = [r.compute_s[measured.warmup:] or r.compute_s for r in ranks if r.compute_s]
+        measured_compute = (max(statistics.median(t) for t in timed)
+                            if timed and len(timed) == len(ranks) else None)
         stages.append(StageComparison(
             stage=stage.index, chip=stage.chip, ranks=tuple(r.rank for r in ranks),
             devices=tuple(r.device_name for r in ranks), predicted_memory_bytes=predicted_mem,
@@ -93,7 +107,10 @@ def compare(plan: Plan, measured: MeasuredRun, *, plan_path: str = "",
             memory_error_pct=(error_pct(predicted_mem, measured_mem)
                               if comparable and measured_mem else None),
             predicted_weights_bytes=mem.weights, predicted_activation_bytes=mem.activations,
-            predicted_busy_s=sp.busy_s))
+            predicted_busy_s=sp.busy_s, predicted_compute_s=predicted_compute,
+            measured_compute_s=measured_compute,
+            compute_error_pct=(error_pct(predicted_compute, measured_compute)
+                               if measured_compute else None)))
     return Validation(
         plan_fingerprint=fingerprint, device=measured.device, backend=measured.backend,
         cpu_relay=measured.cpu_relay, predicted_iteration_s=pred.iteration_s,
