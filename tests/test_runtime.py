@@ -119,18 +119,25 @@ def _dumped(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
     return params, grads
 
 
+def _run_and_dump(tmp_path: Path, plan: str, steps: int, *extra: str
+                  ) -> tuple[dict[str, Any], Path]:
+    """``autosplit run`` of ``plan`` for ``steps`` steps at the tests' learning rate, saving
+    every stage's parameters; returns the measured JSON and the dump folder."""
+    out = tmp_path / "measured.json"
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    code = main(["run", plan, GPT, "--steps", str(steps), "--warmup", "1", "-o", str(out),
+                 "--dump-params", str(dump), "--timeout", "240", "--lr", str(LR), *extra])
+    assert code == 0
+    return json.loads(out.read_text()), dump
+
+
 def test_split_pipeline_with_recompute_matches_unsplit_training(tmp_path: Path) -> None:
     steps = 2
     # Uneven: embedding + 3 blocks with recomputation on one stage, 1 block + head on the
     # other; two data-parallel replicas of that pipeline (4 processes).
     plan = _write(tmp_path, _plan_dict([(0, 4, True), (4, 6, False)], dp=2))
-    out = tmp_path / "measured.json"
-    dump = tmp_path / "dump"
-    dump.mkdir()
-    code = main(["run", plan, GPT, "--steps", str(steps), "--warmup", "1", "-o", str(out),
-                 "--dump-params", str(dump), "--timeout", "240", "--lr", str(LR)])
-    assert code == 0
-    measured = json.loads(out.read_text())
+    measured, dump = _run_and_dump(tmp_path, plan, steps)
     assert measured["schema"] == "autosplit.measured/1"
     assert [(r["stage"], r["replica"]) for r in measured["ranks"]] == [(0, 0), (0, 1),
                                                                         (1, 0), (1, 1)]
@@ -170,13 +177,7 @@ def test_uneven_data_parallel_shares_train_like_the_unsplit_model(
         stage["replicas"][0]["batch_share"] = 3
         stage["replicas"][1]["batch_share"] = 1
     plan = _write(tmp_path, d)
-    out = tmp_path / "measured.json"
-    dump = tmp_path / "dump"
-    dump.mkdir()
-    code = main(["run", plan, GPT, "--steps", str(steps), "--warmup", "1", "-o", str(out),
-                 "--dump-params", str(dump), "--timeout", "240", "--lr", str(LR)])
-    assert code == 0
-    measured = json.loads(out.read_text())
+    measured, dump = _run_and_dump(tmp_path, plan, steps)
     ref_losses, ref_params, ref_grads = _reference(steps, global_batch=8, micro_batches=2)
     assert measured["loss"] == pytest.approx(ref_losses, rel=1e-5, abs=1e-6)
     params, grads = _dumped(dump)
@@ -195,14 +196,7 @@ def test_gradients_are_clipped_by_the_norm_of_the_whole_model(tmp_path: Path) ->
     # summed over all stages trains the same model as the unsplit one.
     steps, clip = 2, 0.05
     plan = _write(tmp_path, _plan_dict([(0, 2, False), (2, 5, False), (5, 6, False)]))
-    out = tmp_path / "measured.json"
-    dump = tmp_path / "dump"
-    dump.mkdir()
-    code = main(["run", plan, GPT, "--steps", str(steps), "--warmup", "1", "-o", str(out),
-                 "--dump-params", str(dump), "--timeout", "240", "--lr", str(LR),
-                 "--grad-clip", str(clip)])
-    assert code == 0
-    measured = json.loads(out.read_text())
+    measured, dump = _run_and_dump(tmp_path, plan, steps, "--grad-clip", str(clip))
     ref_losses, ref_params, _ = _reference(steps, global_batch=8, micro_batches=4,
                                            grad_clip=clip)
     assert measured["loss"] == pytest.approx(ref_losses, rel=1e-5, abs=1e-6)
@@ -408,14 +402,7 @@ def _reference_master(steps: int, *, global_batch: int, micro_batches: int
 def test_bf16_master_weight_pipeline_matches_single_process(tmp_path: Path) -> None:
     steps = 3
     plan = _write(tmp_path, _plan_dict([(0, 3, False), (3, 6, False)]))
-    out = tmp_path / "measured.json"
-    dump = tmp_path / "dump"
-    dump.mkdir()
-    code = main(["run", plan, GPT, "--steps", str(steps), "--warmup", "1", "-o", str(out),
-                 "--dtype", "bf16", "--dump-params", str(dump), "--timeout", "240",
-                 "--lr", str(LR)])
-    assert code == 0
-    measured = json.loads(out.read_text())
+    measured, dump = _run_and_dump(tmp_path, plan, steps, "--dtype", "bf16")
     assert measured["precision"] == "master" and measured["dtype"] == "bf16"
     assert all(not r["notes"] for r in measured["ranks"]), measured["ranks"]
     for f in dump.glob("stage*.pt"):
