@@ -513,3 +513,33 @@ def test_many_micro_batches_get_a_close_up() -> None:
     assert "Close-up" in many and many.count("<svg") == 5
     for svg in re.findall(r"<svg .*?</svg>", many, re.S):
         ET.fromstring(svg)
+
+
+def test_report_reads_the_file_autosplit_run_writes(tmp_path: Path) -> None:
+    runtime = ROOT / "experiments" / "runtime"
+    plan_file = runtime / "plan_searched_70_20_mb1.json"
+    measured = json.loads((runtime / "results" / "gpt2p7b_70_20_mb1" /
+                           "measured_searched_70_20_mb1.json").read_text())
+    warmup = measured["warmup"]
+    for r in measured["ranks"]:  # per-stage compute, as newer runs record it
+        r["compute_s"] = [5.0] * warmup + [0.9 + 0.1 * r["stage"]] * (
+            len(measured["step_times_s"]) - warmup)
+    m_file = tmp_path / "m.json"
+    m_file.write_text(json.dumps(measured))
+    out = tmp_path / "r.html"
+    assert main(["report", str(plan_file), "-o", str(out), "--measured", str(m_file),
+                 "--no-baselines"]) == 0
+    text = re.sub(r"<[^>]+>", " ", out.read_text(encoding="utf-8"))
+    assert "Predicted vs measured" in text
+    assert fmt_seconds(measured["median_step_s"]) in text
+    assert "S0 compute per step" in text and fmt_seconds(0.9) in text
+    assert "S1 peak memory" in text and fmt_bytes(measured["ranks"][1]["peak_memory_bytes"]) \
+        in text
+    # CPU runs' memory (resident set growth) is not the GPU allocator's: not compared.
+    for r in measured["ranks"]:
+        r["memory_kind"] = "cpu_rss_growth"
+    m_file.write_text(json.dumps(measured))
+    assert main(["report", str(plan_file), "-o", str(out), "--measured", str(m_file),
+                 "--no-baselines"]) == 0
+    text = re.sub(r"<[^>]+>", " ", out.read_text(encoding="utf-8"))
+    assert fmt_bytes(measured["ranks"][1]["peak_memory_bytes"]) not in text

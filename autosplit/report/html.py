@@ -433,6 +433,17 @@ def _measured_section(plan: Plan, run: MeasuredRun | None) -> str:
     else:
         rows.append(f'<tr><td>Iteration time</td><td class="num">—</td>'
                     f'<td class="num">{fmt_seconds(run.step_time_s)}</td><td>—</td></tr>')
+    for sp in sorted(pred.stages if pred is not None else (), key=lambda s: s.index):
+        measured_compute = run.stage_compute(sp.index)
+        if measured_compute is None:
+            continue
+        predicted_compute = (sp.fwd_s + sp.bwd_s + sp.recompute_s + sp.tp_comm_s) * \
+            plan.micro_batch_count
+        rows.append(
+            f'<tr><td>S{sp.index} compute per step</td>'
+            f'<td class="num">{fmt_seconds(predicted_compute)}</td>'
+            f'<td class="num">{fmt_seconds(measured_compute)}</td><td class="num">'
+            f'{fmt_signed_pct(relative_error(predicted_compute, measured_compute))}</td></tr>')
     for cmp in compare_stages(plan, run):
         meas = fmt_bytes(cmp.measured_bytes) if cmp.measured_bytes is not None else "—"
         ranks = f" (ranks {', '.join(map(str, cmp.ranks))})" if cmp.ranks else ""

@@ -1,15 +1,18 @@
 """Read what a real run measured, so the report can hold the prediction against it.
 
-The runtime writes a JSON with at least ``step_time_s`` (seconds per iteration) and
-optionally ``per_rank``: a list of ``{"rank", "stage", "peak_memory_bytes"}``. Other keys
-are ignored, so the runtime may add fields without breaking the report. Anything malformed
-is a ``BadInputError`` naming the field.
+Two forms are read. The file ``autosplit run`` writes (``schema: autosplit.measured/1``):
+``median_step_s`` and ``ranks`` (each with ``rank``, ``stage``, ``peak_memory_bytes`` — compared
+only when ``memory_kind`` is the GPU allocator's — and ``compute_s`` per step). And a minimal
+hand-written form for runs of other runtimes: ``step_time_s`` (seconds per iteration) and
+optionally ``per_rank``: a list of ``{"rank", "stage", "peak_memory_bytes"}``. Other keys are
+ignored. Anything malformed is a ``BadInputError`` naming the field.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +25,16 @@ __all__ = ["MeasuredRank", "MeasuredRun", "StageComparison", "parse_measured",
            "load_measured", "compare_stages", "relative_error"]
 
 
+_RUNTIME_SCHEMA = "autosplit.measured/1"
+
+
 @dataclass(frozen=True)
 class MeasuredRank:
     rank: int
     stage: int
     peak_memory_bytes: float | None
+    #: Median seconds per step the rank spent computing (``autosplit run`` files only).
+    compute_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,13 @@ class MeasuredRun:
         vals = [r.peak_memory_bytes for r in self.per_rank
                 if r.stage == stage and r.peak_memory_bytes is not None]
         return max(vals) if vals else None
+
+    def stage_compute(self, stage: int) -> float | None:
+        """Compute seconds per step of the slowest rank of ``stage`` (None if unknown)."""
+        ranks = [r for r in self.per_rank if r.stage == stage]
+        if not ranks or any(r.compute_s is None for r in ranks):
+            return None
+        return max(r.compute_s for r in ranks if r.compute_s is not None)
 
 
 @dataclass(frozen=True)
@@ -80,11 +95,41 @@ def _int(value: Any, *, field: str, file: str | None) -> int:
     return value
 
 
+def _parse_runtime(data: Mapping[str, Any], *, file: str | None) -> MeasuredRun:
+    """The file ``autosplit run`` writes."""
+    if "median_step_s" not in data or not isinstance(data.get("ranks"), list):
+        raise BadInputError("an `autosplit run` file without median_step_s or ranks",
+                            file=file, fix="pass the file written by `autosplit run -o`")
+    step = _number(data["median_step_s"], field="median_step_s", file=file, positive=True)
+    warmup = data.get("warmup", 0) if isinstance(data.get("warmup"), int) else 0
+    ranks: list[MeasuredRank] = []
+    for i, entry in enumerate(data["ranks"]):
+        where = f"ranks[{i}]"
+        if not isinstance(entry, Mapping) or "rank" not in entry or "stage" not in entry:
+            raise BadInputError("expected an object with rank and stage", file=file,
+                                field=where)
+        mem = entry.get("peak_memory_bytes")
+        comparable = entry.get("memory_kind") == "cuda_max_allocated" and mem is not None
+        times = entry.get("compute_s") or []
+        timed = [_number(t, field=f"{where}.compute_s", file=file, positive=False)
+                 for t in times[warmup:] or times]
+        ranks.append(MeasuredRank(
+            rank=_int(entry["rank"], field=f"{where}.rank", file=file),
+            stage=_int(entry["stage"], field=f"{where}.stage", file=file),
+            peak_memory_bytes=(_number(mem, field=f"{where}.peak_memory_bytes", file=file,
+                                       positive=False) if comparable else None),
+            compute_s=statistics.median(timed) if timed else None))
+    ranks.sort(key=lambda r: (r.stage, r.rank))
+    return MeasuredRun(step_time_s=step, per_rank=tuple(ranks))
+
+
 def parse_measured(data: Any, *, file: str | None = None) -> MeasuredRun:
     """Validate a measured-run document (already parsed from JSON)."""
     if not isinstance(data, Mapping):
         raise BadInputError("expected a JSON object", file=file,
                             fix='write {"step_time_s": <seconds>, "per_rank": [...]}')
+    if data.get("schema") == _RUNTIME_SCHEMA:
+        return _parse_runtime(data, file=file)
     if "step_time_s" not in data:
         raise BadInputError("missing the measured iteration time", file=file,
                             field="step_time_s", fix="add the seconds one training step took")
