@@ -67,7 +67,6 @@ class StageTables:
     act: np.ndarray
     inp: np.ndarray
     out_bytes: np.ndarray  # per unit (length L): bytes of its output per sample
-    max_act: float  # largest per-sample activation of one unit in the model
     sources: frozenset[str] = field(default_factory=frozenset)
     unit_sources: tuple[str, ...] = ()
     #: Per unit (length L), per sample and as at TP 1: the memory its backward needs beyond
@@ -137,7 +136,7 @@ def build_tables(*, model: ModelProfile, chip: ChipSpec, node: Node, tp: int, sh
     return StageTables(
         fwd=prefix(fwd), bwd=prefix(bwd), rec=prefix(rec), tpc=prefix(tpc),
         params=prefix(params), act=prefix(act), inp=prefix(inp), out_bytes=out,
-        max_act=float(act.max()) if n else 0.0, sources=frozenset(sources),
+        sources=frozenset(sources),
         unit_sources=tuple(sources), unit_work=work, unit_work_rc=work_rc,
     )
 

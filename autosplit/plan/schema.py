@@ -114,6 +114,12 @@ class StagePrediction:
     memory: MemoryBreakdown
     in_flight: int
 
+    @property
+    def compute_s(self) -> float:
+        """The stage's own work per micro-batch: forward, backward, recomputation and TP
+        collectives, without transfers between stages (what a run's compute timing sees)."""
+        return self.fwd_s + self.bwd_s + self.recompute_s + self.tp_comm_s
+
 
 @dataclass(frozen=True)
 class Prediction:

@@ -437,8 +437,7 @@ def _measured_section(plan: Plan, run: MeasuredRun | None) -> str:
         measured_compute = run.stage_compute(sp.index)
         if measured_compute is None:
             continue
-        predicted_compute = (sp.fwd_s + sp.bwd_s + sp.recompute_s + sp.tp_comm_s) * \
-            plan.micro_batch_count
+        predicted_compute = sp.compute_s * plan.micro_batch_count
         rows.append(
             f'<tr><td>S{sp.index} compute per step</td>'
             f'<td class="num">{fmt_seconds(predicted_compute)}</td>'

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,10 @@ from typing import Any
 
 from autosplit.errors import BadInputError
 from autosplit.plan.schema import Plan
+from autosplit.runtime.measure import MEASURED_SCHEMA, measured_from_dict
 
 __all__ = ["MeasuredRank", "MeasuredRun", "StageComparison", "parse_measured",
            "load_measured", "compare_stages", "relative_error"]
-
-
-_RUNTIME_SCHEMA = "autosplit.measured/1"
 
 
 @dataclass(frozen=True)
@@ -96,31 +93,16 @@ def _int(value: Any, *, field: str, file: str | None) -> int:
 
 
 def _parse_runtime(data: Mapping[str, Any], *, file: str | None) -> MeasuredRun:
-    """The file ``autosplit run`` writes."""
-    if "median_step_s" not in data or not isinstance(data.get("ranks"), list):
-        raise BadInputError("an `autosplit run` file without median_step_s or ranks",
-                            file=file, fix="pass the file written by `autosplit run -o`")
-    step = _number(data["median_step_s"], field="median_step_s", file=file, positive=True)
-    warmup = data.get("warmup", 0) if isinstance(data.get("warmup"), int) else 0
-    ranks: list[MeasuredRank] = []
-    for i, entry in enumerate(data["ranks"]):
-        where = f"ranks[{i}]"
-        if not isinstance(entry, Mapping) or "rank" not in entry or "stage" not in entry:
-            raise BadInputError("expected an object with rank and stage", file=file,
-                                field=where)
-        mem = entry.get("peak_memory_bytes")
-        comparable = entry.get("memory_kind") == "cuda_max_allocated" and mem is not None
-        times = entry.get("compute_s") or []
-        timed = [_number(t, field=f"{where}.compute_s", file=file, positive=False)
-                 for t in times[warmup:] or times]
-        ranks.append(MeasuredRank(
-            rank=_int(entry["rank"], field=f"{where}.rank", file=file),
-            stage=_int(entry["stage"], field=f"{where}.stage", file=file),
-            peak_memory_bytes=(_number(mem, field=f"{where}.peak_memory_bytes", file=file,
-                                       positive=False) if comparable else None),
-            compute_s=statistics.median(timed) if timed else None))
+    """The file ``autosplit run`` writes, read by the runtime's own reader."""
+    run = measured_from_dict(dict(data), path=file)
+    ranks = [MeasuredRank(rank=r.rank, stage=r.stage,
+                          peak_memory_bytes=(float(r.peak_memory_bytes)
+                                             if r.memory_kind == "cuda_max_allocated"
+                                             and r.peak_memory_bytes is not None else None),
+                          compute_s=r.timed_compute_s(run.warmup))
+             for r in run.ranks]
     ranks.sort(key=lambda r: (r.stage, r.rank))
-    return MeasuredRun(step_time_s=step, per_rank=tuple(ranks))
+    return MeasuredRun(step_time_s=run.median_step_s, per_rank=tuple(ranks))
 
 
 def parse_measured(data: Any, *, file: str | None = None) -> MeasuredRun:
@@ -128,7 +110,7 @@ def parse_measured(data: Any, *, file: str | None = None) -> MeasuredRun:
     if not isinstance(data, Mapping):
         raise BadInputError("expected a JSON object", file=file,
                             fix='write {"step_time_s": <seconds>, "per_rank": [...]}')
-    if data.get("schema") == _RUNTIME_SCHEMA:
+    if data.get("schema") == MEASURED_SCHEMA:
         return _parse_runtime(data, file=file)
     if "step_time_s" not in data:
         raise BadInputError("missing the measured iteration time", file=file,

@@ -15,16 +15,18 @@ import resource
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from autosplit.errors import BadInputError
 from autosplit.plan.schema import Plan
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["MEASURED_SCHEMA", "RankResult", "MeasuredRun", "plan_fingerprint",
            "fingerprint_matches", "peak_rss_bytes",
-           "summarise", "save_measured", "load_measured", "device_name"]
+           "summarise", "save_measured", "load_measured", "measured_from_dict",
+           "device_name"]
 
 MEASURED_SCHEMA = "autosplit.measured/1"
 
@@ -52,6 +54,12 @@ class RankResult:
     #: Seconds of each step this rank spent computing its stage (forwards, loss, backwards;
     #: see ``compute_timer``), apart from waiting and communicating.
     compute_s: tuple[float, ...] = ()
+
+    def timed_compute_s(self, warmup: int) -> float | None:
+        """Median compute seconds per step after the warm-up steps (all steps when there are
+        no more); ``None`` for files written before compute was recorded."""
+        timed = self.compute_s[warmup:] or self.compute_s
+        return statistics.median(timed) if timed else None
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,8 @@ def peak_rss_bytes() -> int:
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
     return "cpu"
 
@@ -163,6 +173,12 @@ def load_measured(path: str) -> MeasuredRun:
     except json.JSONDecodeError as exc:
         raise BadInputError(f"not valid JSON ({exc.msg}, line {exc.lineno})", file=path,
                             fix="pass the file written by `autosplit run -o`") from None
+    return measured_from_dict(d, path=path)
+
+
+def measured_from_dict(d: Any, *, path: str | None = None) -> MeasuredRun:
+    """A parsed ``measured.json`` document as a ``MeasuredRun``; anything else raises
+    ``BadInputError`` naming ``path``."""
     if not isinstance(d, dict) or d.get("schema") != MEASURED_SCHEMA:
         raise BadInputError(f"not a measured-run file (schema must be '{MEASURED_SCHEMA}')",
                             file=path, field="schema",

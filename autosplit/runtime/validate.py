@@ -12,7 +12,6 @@ memory figure, so their memory rows show the measurement only.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -95,11 +94,10 @@ def compare(plan: Plan, measured: MeasuredRun, *, plan_path: str = "",
         predicted_mem = mem.weights + mem.gradients + mem.optimizer + mem.activations
         peaks = [r.peak_memory_bytes for r in ranks if r.peak_memory_bytes is not None]
         measured_mem = float(max(peaks)) if peaks else None
-        predicted_compute = (sp.fwd_s + sp.bwd_s + sp.recompute_s + sp.tp_comm_s) * \
-            plan.micro_batch_count
-        timed = [r.compute_s[measured.warmup:] or r.compute_s for r in ranks if r.compute_s]
-        measured_compute = (max(statistics.median(t) for t in timed)
-                            if timed and len(timed) == len(ranks) else None)
+        predicted_compute = sp.compute_s * plan.micro_batch_count
+        timed = [r.timed_compute_s(measured.warmup) for r in ranks]
+        measured_compute = (max(t for t in timed if t is not None)
+                            if timed and None not in timed else None)
         stages.append(StageComparison(
             stage=stage.index, chip=stage.chip, ranks=tuple(r.rank for r in ranks),
             devices=tuple(r.device_name for r in ranks), predicted_memory_bytes=predicted_mem,
