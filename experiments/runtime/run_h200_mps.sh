@@ -38,14 +38,7 @@ run() {
   shift 5
   # Each stage's rank gets the SM share of the chip the plan put it on.
   local rank_env
-  rank_env=$(python3 - "$plan" <<'PY'
-import json, sys
-stages = json.load(open(sys.argv[1]))["stages"]
-share = {"h200-mps75": 75, "h200-mps25": 25}
-print(" ".join(f"--rank-env {s['index']}:CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={share[s['chip']]}"
-               for s in stages))
-PY
-)
+  rank_env=$(python3 experiments/runtime/mps_rank_env.py "$plan")
   echo "== $name: $rank_env $*"
   # shellcheck disable=SC2086
   python3 -m autosplit run "$plan" experiments/models/gpt.py --device cuda --backend gloo \

@@ -38,14 +38,7 @@ python3 experiments/runtime/uniform_of.py "$OUT/plan_searched_2p7b.json" "$OUT/p
 echo "plans: $(( $(date +%s) - T0 )) s" | tee -a "$OUT/run.log"
 for name in searched uniform; do
   plan="$OUT/plan_${name}_2p7b.json"
-  envs=$(python3 - "$plan" <<'PY'
-import json, sys
-share = {"h200-mps75": 75, "h200-mps25": 25}
-stages = json.load(open(sys.argv[1]))["stages"]
-print(" ".join(f"--rank-env {s['index']}:CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={share[s['chip']]}"
-               for s in stages))
-PY
-)
+  envs=$(python3 experiments/runtime/mps_rank_env.py "$plan")
   # shellcheck disable=SC2086
   $A run "$plan" experiments/models/gpt.py --device cuda --backend gloo --cuda-devices 0,0 \
     $envs --steps 7 --warmup 2 --timeout 150 -o "$OUT/measured_${name}_2p7b.json" \

@@ -76,13 +76,7 @@ stamp "plans done"
 # ---- 4. runs -----------------------------------------------------------------------------------
 run_plan() {  # $1 = plan name, $2 = output name, $3 = steps, $4 = warm-up
   local plan="$R/plan_$1_$TAG.json" envs
-  envs=$(python3 - "$plan" <<'PY'
-import json, sys
-stages = json.load(open(sys.argv[1]))["stages"]
-print(" ".join(f"--rank-env {s['index']}:CUDA_MPS_ACTIVE_THREAD_PERCENTAGE="
-               f"{s['chip'].removeprefix('h200-mps')}" for s in stages))
-PY
-)
+  envs=$(python3 experiments/runtime/mps_rank_env.py "$plan")
   # shellcheck disable=SC2086
   $A run "$plan" experiments/models/gpt.py --device cuda --backend gloo --cuda-devices 0,0 \
     $envs --steps "$3" --warmup "$4" --timeout 150 -o "$R/$2.json" >> "$LOG" 2>&1 \

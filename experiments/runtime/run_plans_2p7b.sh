@@ -15,14 +15,7 @@ trap 'echo quit | nvidia-cuda-mps-control' EXIT
 T0=$(date +%s)
 for name in searched uniform; do
   plan="experiments/runtime/plan_${name}_2p7b.json"
-  envs=$(python3 - "$plan" <<'PY'
-import json, sys
-share = {"h200-mps75": 75, "h200-mps25": 25}
-stages = json.load(open(sys.argv[1]))["stages"]
-print(" ".join(f"--rank-env {s['index']}:CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={share[s['chip']]}"
-               for s in stages))
-PY
-)
+  envs=$(python3 experiments/runtime/mps_rank_env.py "$plan")
   # shellcheck disable=SC2086
   python3 -m autosplit run "$plan" experiments/models/gpt.py --device cuda --backend gloo \
     --cuda-devices 0,0 $envs --steps 6 --warmup 2 --timeout 120 \
