@@ -13,7 +13,10 @@ __all__ = ["DTYPE_BYTES", "TrainingConfig", "SearchConfig", "SCHEDULES"]
 #: Bytes per element of the training dtype (weights, activations, gradients).
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
 
-#: Pipeline schedules the cost model and the runtime both understand.
+#: Pipeline schedules the search prices memory under and ``autosplit run`` executes. The cost
+#: model prices more (``autosplit.cost.schedule.SCHEDULE_NAMES``: interleaved and zero-bubble
+#: too): the search re-costs its finalists under those (``search.schedule_choice``), and
+#: ``evaluate`` and ``report`` accept them in a plan.
 SCHEDULES: tuple[str, ...] = ("1f1b", "gpipe")
 
 
@@ -29,9 +32,17 @@ class TrainingConfig:
     seq_len: int = 2048
     dtype: str = "bf16"
     schedule: str = "1f1b"
+    #: Stages (model chunks) per pipeline rank: more than 1 only for interleaved schedules.
+    virtual_stages: int = 1
     zero1: bool = False
     #: Bytes each device keeps free for the framework, workspace and fragmentation.
     memory_reserve_gb: float = 2.0
+    #: Data-parallel gradient buckets (MB, 1e6 B): each bucket's all-reduce starts when the
+    #: backward has produced it (PyTorch DDP's ``bucket_cap_mb`` default, 25).
+    grad_bucket_mb: float = 25.0
+    #: Overlap the bucketed all-reduce with the last micro-batch's backward (DDP, Megatron-LM
+    #: ``--overlap-grad-reduce``); off: the whole all-reduce follows the backward.
+    grad_overlap: bool = True
 
     @property
     def dtype_bytes(self) -> int:
@@ -52,15 +63,12 @@ class TrainingConfig:
 class SearchConfig:
     """How the search explores the tree. Defaults aim at seconds on a laptop."""
 
+    #: Wall-clock safety net (seconds): every phase checks it and the search returns the best
+    #: plan found when it passes. Machine-dependent, so it is not what normally ends a search.
     time_limit_s: float = 60.0
-    #: Exact level-2 solves before the search stops with the best plan so far. Unlike the
-    #: wall-clock limit this budget is deterministic: the same inputs give the same plan.
-    max_solves: int = 2000
-    #: Candidates whose bound is below the best plan that CP-SAT re-solves exactly at the end
-    #: (closing the gap the DP leaves on the post-pipeline tail), and its deterministic time
-    #: budget per candidate (OR-Tools' deterministic seconds).
-    certify_max: int = 0
-    certify_time: float = 2.0
+    #: Deterministic work budget, in millions of elementary steps of the search's programmes
+    #: and exact splits: the same inputs and budget give the same plan on any machine.
+    budget: float = 4000.0
     #: Micro-batch sizes (samples per data-parallel replica) the search may choose.
     micro_batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
     #: Upper bound on pipeline depth; 0 means "as many stages as layers allow".
@@ -77,5 +85,8 @@ class SearchConfig:
     target: str = ""
     #: Allow recomputation to be chosen per stage.
     allow_recompute: bool = True
+    #: Pipeline schedule of the plan: "auto" (the fastest that fits, ``search.schedule_choice``),
+    #: a name of ``cost.schedule.SCHEDULE_NAMES``, or "" for the training's ``schedule``.
+    schedule: str = ""
     #: Extra options kept for forward compatibility (recorded in the plan).
     extra: dict[str, str] = field(default_factory=dict)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from autosplit.chips.spec import ChipSpec
 from autosplit.cluster.schema import Cluster, Node
+from autosplit.cost.schedule import get_schedule
 from autosplit.model.types import LayerProfile, ModelProfile
+from autosplit.plan.schema import ClusterRef, ModelRef, Plan, Replica, StagePlan
 
 
 def gpt_like_model(*, blocks: int = 8, hidden: int = 1024, seq: int = 1024,
@@ -64,3 +68,66 @@ def two_type_cluster(*, fast: int = 4, slow: int = 4, ratio: float = 3.0,
     groups = (frozenset({"FAST", "SLOW"}),) if shared_collectives else ()
     return Cluster(name="two-type", nodes=tuple(nodes),
                    chips={"FAST": fast_chip, "SLOW": slow_chip}, collective_groups=groups)
+
+
+def objective_of(plan, model: ModelProfile, cluster: Cluster, costs=None) -> float:
+    """The search's objective for ``plan`` (``plan.evaluate.closed_form_time``)."""
+    from autosplit.plan.evaluate import closed_form_time
+
+    return closed_form_time(plan, model=model, cluster=cluster, costs=costs)
+
+
+def one_node_plan(model: ModelProfile, cluster: Cluster, *, schedule: str, sizes: list[int],
+                  ranks: int, virtual_stages: int = 1, micro_batches: int = 8,
+                  global_batch: int = 8) -> Plan:
+    """Stages of ``sizes`` units each on the devices ``fast:0..ranks-1``: stage ``s`` on the
+    rank the schedule places it on, one device per rank, every sample on that device."""
+    schedule_obj = get_schedule(schedule, virtual_stages=virtual_stages)
+    names = [layer.name for layer in model.layers]
+    stages, start = [], 0
+    for s, n in enumerate(sizes):
+        r = schedule_obj.rank_of(s, ranks)
+        stages.append(StagePlan(
+            index=s, chip="FAST", layer_start=start, layer_end=start + n,
+            layer_names=tuple(names[start:start + n]), module_names=(), tp=1,
+            replicas=(Replica("fast", (r,), global_batch // micro_batches),),
+            recompute=False, rank=r if virtual_stages > 1 else None))
+        start += n
+    return Plan(
+        model=ModelRef(name=model.name, source_file=model.source_file, fingerprint="x",
+                       num_layers=model.num_layers, params=model.total_params,
+                       seq_len=model.seq_len, dtype="bf16",
+                       tokens_per_sample=model.tokens_per_sample, block_list="h"),
+        cluster=ClusterRef(name=cluster.name, source_file="", num_devices=cluster.num_devices,
+                           chips=tuple(cluster.chips)),
+        global_batch=global_batch, micro_batch_count=micro_batches, schedule=schedule,
+        zero1=False, stages=tuple(stages), virtual_stages=virtual_stages)
+
+
+def node_stage_plan(base: Plan, model: ModelProfile, cluster: Cluster, *,
+                    bounds: tuple[int, ...], nodes: tuple[str, ...], tp: int = 1,
+                    micro_batches: int | None = None) -> Plan:
+    """``base`` (its model, cluster and batch) with a pipeline laid out by hand: stage ``i``
+    owns units ``bounds[i]:bounds[i + 1]`` and every device of node ``nodes[i]``, in TP
+    groups of ``tp``, each micro-batch split equally over the groups.
+
+    Tests that need a particular placement build it here instead of hoping a search
+    produces it, so they always run."""
+    by_name = {n.name: n for n in cluster.nodes}
+    micro = micro_batches or base.micro_batch_count
+    names = [layer.name for layer in model.layers]
+    stages = []
+    for s, (lo, hi, node_name) in enumerate(zip(bounds, bounds[1:], nodes, strict=False)):
+        node = by_name[node_name]
+        groups = [tuple(range(g, g + tp)) for g in range(0, node.devices - tp + 1, tp)]
+        share, rest = divmod(base.global_batch // micro, len(groups))
+        assert rest == 0 and share > 0, "the micro-batch must split equally over the groups"
+        units = model.layers[lo:hi]
+        stages.append(StagePlan(
+            index=s, chip=node.chip, layer_start=lo, layer_end=hi,
+            layer_names=tuple(names[lo:hi]),
+            module_names=tuple(m for u in units for m in u.module_names), tp=tp,
+            replicas=tuple(Replica(node.name, g, share) for g in groups), recompute=False))
+    return replace(base, stages=tuple(stages), micro_batch_count=micro, schedule="1f1b",
+                   virtual_stages=1, prediction=None, idle_devices=(), idle_note="",
+                   alternatives=())

@@ -201,6 +201,18 @@ BAD_CASES = [
      ["unknown key"]),
     ({**GOOD_CHIP, "name": "Other"}, "name", ["folder", "mychip"]),
     ("name: MyChip\nname: MyChip\n", None, ["given twice"]),
+    ({**GOOD_CHIP, "compute_surface": {"gemm": {"bf16": {"peak_fraction": 1.4, "m_half": 64,
+                                                         "n_half": 64, "k_half": 64}},
+                                       "launch_us": 5, "memory_fraction": 0.9, "source": "x"}},
+     "compute_surface.gemm.bf16.peak_fraction", ["(0, 1]"]),
+    ({**GOOD_CHIP, "compute_surface": {"gemm": {"int8": {"peak_fraction": 0.5, "m_half": 64,
+                                                         "n_half": 64, "k_half": 64}},
+                                       "launch_us": 5, "memory_fraction": 0.9, "source": "x"}},
+     "compute_surface.gemm.int8", ["bf16"]),
+    ({**GOOD_CHIP, "compute_surface": {"gemm": {}, "launch_us": 5, "memory_fraction": 0.9,
+                                       "source": "x"}},
+     "compute_surface.gemm", ["bf16"]),
+    ({**GOOD_CHIP, "intra_node_latency_us": -1}, "intra_node_latency_us", ["0"]),
 ]
 
 
@@ -253,6 +265,9 @@ def test_wrong_file_name_is_reported(tmp_path: Path) -> None:
 def test_cli_missing_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chips", "--dir", str(tmp_path / "nope")]) == EXIT_BAD_INPUT
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main(["chips", "--dir", str(tmp_path / "a-file")]) == EXIT_BAD_INPUT
+    assert "is a file, not a directory" in capsys.readouterr().err
 
 
 # ---- the command -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from autosplit.cli import main
+from autosplit.plan.schema import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT = str(ROOT / "experiments/models/gpt.py")
@@ -31,7 +32,7 @@ def plan_file(tmp_path_factory) -> Path:
 
 def test_search_writes_a_valid_plan(plan_file: Path):
     data = json.loads(plan_file.read_text())
-    assert data["schema_version"] == "1.0"
+    assert data["schema_version"] == SCHEMA_VERSION
     units = [(s["layer_start"], s["layer_end"]) for s in data["stages"]]
     assert units[0][0] == 0 and units[-1][1] == data["model"]["num_layers"]
     assert all(a[1] == b[0] for a, b in zip(units, units[1:], strict=False))
@@ -147,3 +148,94 @@ def test_chips_lists_library(capsys):
     assert main(["chips", "--json"]) == 0
     names = {c["name"] for c in json.loads(capsys.readouterr().out)}
     assert {"H100", "A100", "Ascend910B", "MI300X"} <= names
+
+
+# ---- the command line itself: version, help, stdout, progress, timing ------------------
+
+
+def test_version_flag(capsys):
+    from autosplit import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"autosplit {__version__}"
+
+
+@pytest.mark.parametrize("command", ["search", "evaluate", "export", "report", "run",
+                                     "validate", "bench", "chips"])
+def test_help_has_no_type_placeholders(command, capsys):
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--help" in text
+    for placeholder in ("<bool>", "<path>", "<int>", "<float>", "<str>", "list["):
+        assert placeholder not in text, (placeholder, text)
+
+
+def test_search_output_dash_writes_the_plan_to_stdout(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["search", GPT, "-a", "size=tiny", "-c", SMALL, "--seq-len", "128",
+               "--global-batch", "16", "-o", "-", "-q"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["stages"]
+    assert not (tmp_path / "-").exists()
+
+
+def test_evaluate_and_export_output_dash(plan_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(plan_file), "-o", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["prediction"]["iteration_s"] > 0
+    assert main(["export", str(plan_file), "--to", "megatron", "-o", "-"]) == 0
+    assert "--pipeline-model-parallel-size" in capsys.readouterr().out
+    assert not (tmp_path / "-").exists()
+
+
+def test_summary_prints_the_whole_process_time(tmp_path, capsys):
+    rc, _ = _search(tmp_path)
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "whole process: " in out and "whole command" not in out
+
+
+def test_progress_is_quiet_when_not_a_terminal(tmp_path, capsys):
+    """Without -q, but with stderr captured (not a TTY): no spinner frames, only lines."""
+    rc = main(["search", GPT, "-a", "size=tiny", "-c", SMALL, "--seq-len", "128",
+               "--global-batch", "16", "-o", str(tmp_path / "p.json")])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "searching" not in err and "\r" not in err and "\x1b" not in err
+
+
+def test_progress_reporter_draws_on_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from autosplit.cli.progress import reporter
+
+    buf = io.StringIO()
+    shown = reporter(quiet=False, console=Console(file=buf, force_terminal=True, width=80))
+    with shown.phase("searching") as phase:
+        phase.update("best so far 1.0 ms")
+    assert shown.enabled and shown.updates == 1
+    assert "searching" in buf.getvalue()
+    assert not reporter(quiet=True, console=Console(file=io.StringIO(),
+                                                    force_terminal=True)).enabled
+
+
+def test_idle_devices_are_counted_per_node_group():
+    from autosplit.report.idle import idle_summary
+
+    many = [f"h100-{n}:{i}" for n in range(192) for i in range(8)] + ["a100:0", "a100:1"]
+    assert idle_summary(many) == "h100-* 1,536 on 192 nodes, a100 2 on 1 node"
+    assert idle_summary(["a100:0", "a100:1"]) == "a100:0, a100:1"
+
+
+def test_chips_table_fits_80_columns():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "autosplit", "chips"], capture_output=True,
+                          text=True, env={**__import__("os").environ, "COLUMNS": "80"})
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert not any("…" in line for line in lines)  # nothing cut off

@@ -12,9 +12,11 @@ import pytest
 import yaml
 
 from autosplit.cli import main
+from autosplit.cost.schedule import get_schedule
 from autosplit.errors import BadInputError
 from autosplit.export.deepspeed import deepspeed_export, partition_parts
 from autosplit.export.expressible import (
+    TARGET_SCHEDULES,
     expressibility_problems,
     project_plan,
     projection_summary,
@@ -27,13 +29,15 @@ from autosplit.export.kubernetes import (
     render_kubernetes,
 )
 from autosplit.export.megatron import megatron_args, render_megatron
+from autosplit.export.model_shape import ModelShape
 from autosplit.export.naming import (
     IDENTITY,
     load_name_map,
     name_map_from_data,
     stage_module_names,
 )
-from autosplit.export.torchtitan import render_torchtitan_toml, torchtitan_config
+from autosplit.export.schedules import export_schedule_name, microbatch_group_size
+from autosplit.export.torchtitan import render_torchtitan, torchtitan_job
 from autosplit.plan.schema import (
     ClusterRef,
     MemoryBreakdown,
@@ -103,6 +107,15 @@ def heterogeneous_plan() -> Plan:
     ])
 
 
+#: A GPT-shaped model of the fixtures' size (learned positions, LayerNorm, biases).
+GPT_SHAPE = ModelShape(num_layers=BLOCKS, hidden=256, heads=8, kv_heads=8, ffn=1024, vocab=512,
+                       positions=128, gated_mlp=False, rms_norm=False, bias=True,
+                       tied_head=True)
+#: A Llama-shaped one with grouped-query attention, and the roles of its outer modules.
+LLAMA_SHAPE = replace(GPT_SHAPE, kv_heads=2, ffn=704, positions=0, gated_mlp=True,
+                      rms_norm=True, bias=False, tied_head=False)
+
+
 # ---- an independent reader of Megatron's layout grammar -----------------------------------
 
 
@@ -130,7 +143,7 @@ def test_megatron_layout_parses_back_to_the_plan_split(bounds: tuple[int, ...]) 
     stages = [_stage(i, "H100", a, b, 1, [(f"n{i}", (0,), 4)])
               for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))]
     plan = _plan(stages)
-    parsed = parse_layout(megatron_args(plan).layout)
+    parsed = parse_layout(megatron_args(plan, GPT_SHAPE).layout)
     assert len(parsed) == plan.num_stages
     for stage, items in zip(plan.stages, parsed, strict=True):
         units = range(stage.layer_start, stage.layer_end)
@@ -145,7 +158,7 @@ def _flag(args: tuple[str, ...], name: str) -> str | None:
 
 def test_megatron_flags_carry_sizes_batch_and_uneven_split() -> None:
     plan = uniform_plan()
-    m = megatron_args(plan)
+    m = megatron_args(plan, GPT_SHAPE)
     assert _flag(m.args, "--tensor-model-parallel-size") == "2"
     assert _flag(m.args, "--pipeline-model-parallel-size") == "3"
     # 32 samples, 8 micro-batches, DP 2 -> 2 samples per replica per micro-batch
@@ -158,39 +171,155 @@ def test_megatron_flags_carry_sizes_batch_and_uneven_split() -> None:
                                  "--decoder-last-pipeline-num-layers", "3")
     assert "--recompute-granularity" not in m.args
     assert m.world_size == 12
+    assert m.env == (("CUDA_DEVICE_MAX_CONNECTIONS", "1"),)  # TP 2
     text = render_megatron(m, plan=plan)
-    assert "MEGATRON_PARALLEL_ARGS=(" in text and text.rstrip().endswith(")")
+    assert "export CUDA_DEVICE_MAX_CONNECTIONS=1\nMEGATRON_ARGS=(" in text
+    # every node hosts one contiguous run of ranks: one torchrun line per node, in order
+    assert [line.split(":")[0] for line in m.launch] == ["h0", "h1", "a0"]
+    assert "--node-rank=2 --nproc-per-node=4" in m.launch[2]
+
+
+def test_megatron_model_flags_follow_the_architecture() -> None:
+    gpt = megatron_args(uniform_plan(), GPT_SHAPE).args
+    assert _flag(gpt, "--hidden-size") == "256" and _flag(gpt, "--ffn-hidden-size") == "1024"
+    assert _flag(gpt, "--num-attention-heads") == "8"
+    assert _flag(gpt, "--max-position-embeddings") == "128"
+    assert _flag(gpt, "--position-embedding-type") == "learned_absolute"
+    assert "--group-query-attention" not in gpt and "--swiglu" not in gpt
+    assert "--disable-bias-linear" not in gpt
+    assert "--untie-embeddings-and-output-weights" not in gpt
+    llama = megatron_args(uniform_plan(), LLAMA_SHAPE).args
+    assert _flag(llama, "--num-query-groups") == "2" and "--group-query-attention" in llama
+    assert _flag(llama, "--position-embedding-type") == "rope"
+    assert _flag(llama, "--normalization") == "RMSNorm"
+    assert {"--swiglu", "--disable-bias-linear",
+            "--untie-embeddings-and-output-weights"} <= set(llama)
+    with pytest.raises(BadInputError, match="blocks but the model has"):
+        megatron_args(uniform_plan(), replace(GPT_SHAPE, num_layers=BLOCKS + 1))
+
+
+@pytest.mark.parametrize("size", ["tiny", "70b"])
+def test_model_shape_reads_the_example_llama(size: str) -> None:
+    from autosplit.export.model_shape import load_model_shape
+
+    shape = load_model_shape(str(REPO / "experiments/models/llama.py"), {"size": size},
+                             block_list="layers")
+    layers, hidden, heads, kv, ffn, vocab = {"tiny": (4, 128, 4, 2, 352, 512),
+                                             "70b": (80, 8192, 64, 8, 28672, 32000)}[size]
+    assert (shape.num_layers, shape.hidden, shape.heads, shape.kv_heads, shape.ffn,
+            shape.vocab) == (layers, hidden, heads, kv, ffn, vocab)
+    assert shape.is_llama and shape.positions == 0
+    assert shape.roles == LLAMA_ROLES
+
+
+def test_model_shape_reads_the_example_gpt_and_nested_models(tmp_path: Path) -> None:
+    from autosplit.export.model_shape import load_model_shape
+
+    gpt = load_model_shape(str(REPO / "experiments/models/gpt.py"), {"size": "tiny"},
+                           block_list="blocks")
+    assert (gpt.num_layers, gpt.hidden, gpt.heads, gpt.kv_heads, gpt.ffn, gpt.vocab,
+            gpt.positions) == (4, 128, 4, 4, 512, 512, 2048)
+    assert not gpt.is_llama and gpt.bias and not gpt.rms_norm and not gpt.tied_head
+    model_file = tmp_path / "nested.py"
+    model_file.write_text(FIXTURE_MODEL)
+    nested = load_model_shape(str(model_file), {}, block_list="transformer.h")
+    assert nested.roles == {"transformer.wte": "embedding", "transformer.wpe": "positions",
+                            "transformer.ln_f": "norm", "lm_head": "head"}
+    with pytest.raises(BadInputError, match="no block list"):
+        load_model_shape(str(model_file), {}, block_list="transformer.blocks")
+
+
+def test_megatron_needs_no_environment_without_tp() -> None:
+    stages = [_stage(i, "H100", a, b, 1, [(f"n{i}", (0,), 4)])
+              for i, (a, b) in enumerate([(0, 5), (5, 10)])]
+    assert megatron_args(_plan(stages), GPT_SHAPE).env == ()
 
 
 def test_megatron_first_last_only_when_middle_stages_are_even() -> None:
     stages = [_stage(i, "H100", a, b, 1, [(f"n{i}", (0,), 4)])
               for i, (a, b) in enumerate([(0, 2), (2, 4), (4, 7), (7, 10)])]
-    assert megatron_args(_plan(stages)).first_last_args == ()  # middle 2 and 3 blocks
+    assert megatron_args(_plan(stages), GPT_SHAPE).first_last_args == ()  # middle 2 and 3
 
 
 def test_megatron_recompute_flags_when_stages_recompute() -> None:
-    m = megatron_args(uniform_plan(recompute=True))
+    m = megatron_args(uniform_plan(recompute=True), GPT_SHAPE)
     assert _flag(m.args, "--recompute-granularity") == "full"
     assert _flag(m.args, "--recompute-method") == "uniform"
     assert _flag(m.args, "--recompute-num-layers") == "1"
 
 
-def test_torchtitan_module_lists_cover_every_module_once_in_order() -> None:
-    plan = uniform_plan(recompute=True)
-    cfg = torchtitan_config(plan)
-    flat = [m for part in cfg.module_fqns_per_model_part for m in part]
-    expected = [m for u in range(UNITS) for m in _unit_modules(u)]
-    assert flat == expected
-    assert len(cfg.module_fqns_per_model_part) == plan.num_stages
-    assert cfg.pipeline_parallel_degree == 3 and cfg.tensor_parallel_degree == 2
-    assert cfg.data_parallel_replicate_degree == 2
-    assert cfg.pipeline_parallel_microbatch_size == 2
-    assert cfg.pipeline_parallel_schedule == "1F1B"
-    assert cfg.activation_checkpoint_mode == "full"
+def _llama_plan(recompute: bool = False) -> Plan:
+    """The uniform plan with the example Llama's module names."""
+    plan = uniform_plan(recompute)
+
+    def rename(name: str) -> str:
+        return {"transformer.wte": "tok_embeddings", "transformer.wpe": "rotary",
+                "transformer.ln_f": "norm", "lm_head": "output"}.get(
+            name, name.replace("transformer.h.", "layers."))
+
+    stages = tuple(replace(st, module_names=tuple(rename(m) for m in st.module_names))
+                   for st in plan.stages)
+    return replace(plan, stages=stages, model=replace(plan.model, block_list="layers"))
 
 
-def test_torchtitan_toml_parses_and_uses_the_name_map(tmp_path: Path) -> None:
-    tomllib = pytest.importorskip("tomllib")
+LLAMA_ROLES = {"tok_embeddings": "embedding", "rotary": "none", "norm": "norm",
+               "output": "head"}
+
+
+def _override(args: tuple[str, ...], name: str) -> list[str]:
+    i = args.index(name) + 1
+    j = i
+    while j < len(args) and not args[j].startswith("--") and ":" not in args[j]:
+        j += 1
+    return list(args[i:j])
+
+
+def test_torchtitan_llama_names_are_torchtitans_and_the_head_is_lm_head() -> None:
+    plan = _llama_plan(recompute=True)
+    job = torchtitan_job(plan, model=replace(LLAMA_SHAPE, roles=LLAMA_ROLES), config="my_8")
+    assert job.llama3_names and (job.module, job.config) == ("llama3", "my_8")
+    parts = job.module_fqns_per_model_part
+    assert parts[0] == ("tok_embeddings", "layers.0", "layers.1")  # rotary has no counterpart
+    assert parts[-1][-2:] == ("norm", "lm_head")
+    assert [m for p in parts for m in p] == (
+        ["tok_embeddings"] + [f"layers.{i}" for i in range(BLOCKS)] + ["norm", "lm_head"])
+    assert _override(job.args, "--parallelism.module_fqns_per_model_part") == [
+        ",".join(p) for p in parts]
+    assert _flag(job.args, "--parallelism.pipeline_parallel_degree") == "3"
+    assert _flag(job.args, "--parallelism.tensor_parallel_degree") == "2"
+    assert _flag(job.args, "--parallelism.data_parallel_replicate_degree") == "2"
+    assert _flag(job.args, "--parallelism.pipeline_parallel_microbatch_size") == "2"
+    assert _flag(job.args, "--parallelism.pipeline_parallel_schedule") == "1F1B"
+    assert _flag(job.args, "--training.local_batch_size") == "16"  # 2 samples x 8 micro
+    assert _flag(job.args, "--training.global_batch_size") == "32"
+    assert "--training.disable_cuda_graphs" in job.args
+    assert job.args[-1] == "activation-checkpoint:full"
+    text = render_torchtitan(job, plan=plan)
+    assert "TORCHTITAN_ARGS=(" in text and "-m torchtitan.train" in text
+
+
+def test_torchtitan_picks_the_llama3_config_of_the_same_depth_or_refuses() -> None:
+    plan = _llama_plan()
+    with pytest.raises(BadInputError, match="not 8"):
+        torchtitan_job(plan, model=replace(LLAMA_SHAPE, roles=LLAMA_ROLES))
+    job = torchtitan_job(plan, model=replace(LLAMA_SHAPE, roles=LLAMA_ROLES),
+                         config="my_llama_8_layers")
+    assert job.args[:4] == ("--module", "llama3", "--config", "my_llama_8_layers")
+    assert job.args[-1] == "activation-checkpoint:none"
+
+
+def test_torchtitan_keeps_other_models_names_and_asks_for_their_module(
+        tmp_path: Path) -> None:
+    plan = uniform_plan()
+    gpt = replace(GPT_SHAPE, roles={"transformer.wte": "embedding",
+                                    "transformer.wpe": "positions",
+                                    "transformer.ln_f": "norm", "lm_head": "head"})
+    with pytest.raises(BadInputError, match="torchtitan ships no model"):
+        torchtitan_job(plan, model=gpt)
+    job = torchtitan_job(plan, model=gpt, module="my_pkg.gpt", config="gpt_1b")
+    assert not job.llama3_names
+    assert [m for p in job.module_fqns_per_model_part for m in p] == [
+        m for u in range(UNITS) for m in _unit_modules(u)]
     map_file = tmp_path / "map.yaml"
     map_file.write_text(
         "rules:\n"
@@ -198,19 +327,10 @@ def test_torchtitan_toml_parses_and_uses_the_name_map(tmp_path: Path) -> None:
         "  - prefix: transformer.wpe\n    replace: tok_embeddings\n"
         "  - match: 'transformer\\.h\\.(\\d+)'\n    replace: 'layers.\\1'\n"
         "  - match: 'transformer\\.ln_f'\n    replace: norm\n"
-        "  - prefix: lm_head\n    replace: output\n")
-    names = load_name_map(map_file)
-    plan = uniform_plan()
-    cfg = torchtitan_config(plan, name_map=names)
-    parsed = tomllib.loads(render_torchtitan_toml(cfg, plan=plan))
-    parts = parsed["parallelism"]["module_fqns_per_model_part"]
-    assert parts[0] == ["tok_embeddings", "layers.0", "layers.1"]
-    assert parts[-1][-2:] == ["norm", "output"]
-    assert [m for p in parts for m in p] == (
-        ["tok_embeddings"] + [f"layers.{i}" for i in range(BLOCKS)] + ["norm", "output"])
-    assert parsed["parallelism"]["tensor_parallel_degree"] == 2
-    assert parsed["activation_checkpoint"]["mode"] == "none"
-    assert parsed["training"]["global_batch_size"] == 32
+        "  - prefix: lm_head\n    replace: lm_head\n")
+    mapped = torchtitan_job(plan, model=gpt, name_map=load_name_map(map_file),
+                            module="my_pkg.gpt", config="gpt_1b")
+    assert mapped.module_fqns_per_model_part[0] == ("tok_embeddings", "layers.0", "layers.1")
 
 
 def test_name_map_rejects_collisions_across_stages_and_bad_rules(tmp_path: Path) -> None:
@@ -243,15 +363,18 @@ def test_deepspeed_parts_match_the_plan_boundaries() -> None:
     assert partition_parts(plan, pre_layers=2, post_layers=3) == (0, 4, 7, UNITS + 1 + 2)
 
 
+#: Chip name -> (HAMi resource derived from the name, vendor guessed from the name).
 CHIPS = {
     "H100": ("nvidia.com/gpu", "nvidia"),
-    "910B": ("huawei.com/Ascend910", "huawei"),
     "910B3": ("huawei.com/Ascend910B3", "huawei"),
+    "Ascend910B4-1": ("huawei.com/Ascend910B4-1", "huawei"),
+    "Ascend910B4": ("huawei.com/Ascend910B4", "huawei"),
+    "910C": ("huawei.com/Ascend910C", "huawei"),
     "MLU370": ("cambricon.com/vmlu", "cambricon"),
-    "Z100": ("hygon.com/dcunum", "hygon"),
-    "BI-V150": ("iluvatar.ai/vgpu", "iluvatar"),
+    "Z100": ("hygon.com/hcunum", "hygon"),
+    "BI-V150": ("iluvatar.ai/BI-V150-vgpu", "iluvatar"),
+    "MR-V100": ("iluvatar.ai/MR-V100-vgpu", "iluvatar"),
     "MI300X": ("amd.com/gpu", "amd"),
-    "Gaudi2": ("habana.ai/gaudi", "intel"),
 }
 
 
@@ -259,14 +382,45 @@ CHIPS = {
 def test_vendor_and_resource_per_chip(chip: str) -> None:
     resource, vendor = CHIPS[chip]
     assert guess_vendor(chip) == vendor
-    assert device_resource(chip)[0] == resource
+    assert device_resource(chip) == resource
+
+
+def test_resource_refusals_and_the_chip_files_say() -> None:
+    with pytest.raises(BadInputError, match="does not say which model") as info:
+        device_resource("910B")  # 910B2, B3, B4 are different HAMi resources
+    assert "kubernetes_resource" in (info.value.fix or "")
+    with pytest.raises(BadInputError, match="HAMi does not support vendor 'Intel'"):
+        device_resource("Gaudi2", vendors={"Gaudi2": "Intel"})
+    with pytest.raises(BadInputError, match="vendor is unknown"):
+        device_resource("X9")
+    # the chip file's field wins over the vendor, and `none` requests no device
+    assert device_resource("910B", chip_resources={"910B": "huawei.com/Ascend910B2"}) \
+        == "huawei.com/Ascend910B2"
+    assert device_resource("cpu", chip_resources={"cpu": "none"}) is None
+    assert device_resource("910B", chip_resources={"910B": "huawei.com/Ascend910B2"},
+                           resources={"910B": "huawei.com/Ascend910B4"}) \
+        == "huawei.com/Ascend910B4"
+
+
+def test_shipped_chip_files_name_their_resource() -> None:
+    from autosplit.chips.library import load_chip_library
+
+    chips = load_chip_library()
+    assert all(spec.kubernetes_resource for spec in chips.values())
+    assert chips["Ascend910B"].kubernetes_resource == "huawei.com/Ascend910B3"
+    assert chips["BI-V100"].kubernetes_resource == "iluvatar.ai/BI-V100-vgpu"
+    assert chips["cpu-intel-xeon-2c"].kubernetes_resource == "none"
+    assert chips["Gaudi2"].kubernetes_resource == "habana.ai/gaudi"
+
+
+_RESOURCES = {"910B": "huawei.com/Ascend910B3"}
 
 
 def test_kubernetes_manifests_request_each_stage_devices() -> None:
     stages = [
         _stage(0, "H100", 0, 3, 4, [("h0", (0, 1, 2, 3), 4)]),
         _stage(1, "MI300X", 3, 6, 2, [("m0", (0, 1), 2), ("m0", (2, 3), 2)]),
-        _stage(2, "910B", 6, 8, 1, [("a0", (0,), 1), ("a1", (0,), 3)]),
+        _stage(2, "910B3", 6, 8, 1, [("a0", (0,), 1), ("a1", (0,), 3)]),
         _stage(3, "MLU370", 8, 10, 2, [("c0", (0, 1), 4)]),
     ]
     plan = _plan(stages)
@@ -297,13 +451,29 @@ def test_kubernetes_manifests_request_each_stage_devices() -> None:
     assert expected_offset == world
 
 
+def test_kubernetes_makes_one_pod_per_replica_of_each_pipeline_rank_not_of_each_chunk() -> None:
+    for schedule in ("interleaved-1f1b", "zbv"):
+        plan = chunked_plan(schedule, UNEVEN_CHUNKS)  # two ranks of TP 2, two chunks each
+        docs = kubernetes_manifests(plan, options=KubernetesOptions(image="img:1"))
+        pods = [d for d in docs if d["kind"] == "Pod"]
+        assert [p["metadata"]["name"] for p in pods] == ["autosplit-gpt-test-s0-r0",
+                                                         "autosplit-gpt-test-s1-r0"]
+        envs = [{e["name"]: e["value"] for e in p["spec"]["containers"][0]["env"]}
+                for p in pods]
+        assert [e["WORLD_SIZE"] for e in envs] == ["4", "4"]
+        assert [e["AUTOSPLIT_RANK_OFFSET"] for e in envs] == ["0", "2"]
+        assert [e["AUTOSPLIT_NUM_PODS"] for e in envs] == ["2", "2"]
+
+
 def test_kubernetes_vendor_table_overrides_and_unknown_chips() -> None:
     plan = _plan([_stage(0, "X9", 0, 10, 2, [("x", (0, 1), 32)])], micro=1)
     with pytest.raises(BadInputError, match="X9"):
         kubernetes_manifests(plan, options=KubernetesOptions())
     by_vendor = kubernetes_manifests(plan, options=KubernetesOptions(vendors={"X9": "Hygon"}))
     assert by_vendor[-1]["spec"]["containers"][0]["resources"]["limits"] == {
-        "hygon.com/dcunum": 2}
+        "hygon.com/hcunum": 2}
+    cpu = kubernetes_manifests(plan, options=KubernetesOptions(chip_resources={"X9": "none"}))
+    assert cpu[-1]["spec"]["containers"][0]["resources"]["limits"] == {}
     forced = kubernetes_manifests(plan, options=KubernetesOptions(
         resources={"X9": "example.com/xpu"}, pin_nodes=False))
     assert forced[-1]["spec"]["containers"][0]["resources"]["limits"] == {"example.com/xpu": 2}
@@ -313,15 +483,165 @@ def test_kubernetes_vendor_table_overrides_and_unknown_chips() -> None:
 def test_kubernetes_memory_request_comes_from_the_prediction() -> None:
     plan = uniform_plan()
     with pytest.raises(BadInputError, match="prediction"):
-        kubernetes_manifests(plan, options=KubernetesOptions(request_memory=True))
+        kubernetes_manifests(plan, options=KubernetesOptions(request_memory=True,
+                                                             chip_resources=_RESOURCES))
     costed = _fake_evaluate(plan, model=None, cluster=None, costs=None)
     pods = [d for d in kubernetes_manifests(costed, options=KubernetesOptions(
-        request_memory=True)) if d["kind"] == "Pod"]
+        request_memory=True, chip_resources=_RESOURCES)) if d["kind"] == "Pod"]
     h100 = pods[0]["spec"]["containers"][0]["resources"]["limits"]
     need = costed.prediction.stages[0].memory.total
     assert h100 == {"nvidia.com/gpu": 2, "nvidia.com/gpumem": -(-int(need) // 2**20)}
     ascend = pods[-1]["spec"]["containers"][0]["resources"]["limits"]
-    assert ascend == {"huawei.com/Ascend910": 2}  # HAMi's memory resource is NVIDIA-only here
+    need = costed.prediction.stages[-1].memory.total
+    assert ascend == {"huawei.com/Ascend910B3": 2,
+                      "huawei.com/Ascend910B3-memory": -(-int(need) // 2**20)}
+
+
+# ---- schedules of several chunks per rank -------------------------------------------------
+
+
+def chunked_plan(schedule: str, bounds: tuple[int, ...], *, ranks: int = 2, v: int = 2,
+                 micro: int = 8, global_batch: int = 32, tp: int = 2) -> Plan:
+    """Stages ``bounds[k]:bounds[k + 1]`` on the ranks ``schedule`` places them on (rank
+    ``r`` is node ``n{r}``'s TP group, DP 1), ``v`` chunks per rank."""
+    placed = get_schedule(schedule, virtual_stages=v)
+    stages = []
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        r = placed.rank_of(k, ranks)
+        stage = _stage(k, "H100", a, b, tp, [(f"n{r}", tuple(range(tp)), global_batch // micro)])
+        stages.append(replace(stage, rank=r if v > 1 else None))
+    plan = _plan(stages, global_batch=global_batch, micro=micro, schedule=schedule)
+    return replace(plan, virtual_stages=v)
+
+
+def test_target_schedules_are_the_registrys_export_names() -> None:
+    assert TARGET_SCHEDULES == {
+        "megatron": ("1f1b", "interleaved-1f1b"),
+        "torchtitan": ("1f1b", "gpipe", "interleaved-1f1b", "zb-h1", "interleaved-zb", "zbv"),
+        "deepspeed": ("1f1b",)}
+    for target, names in TARGET_SCHEDULES.items():
+        for name in names:
+            plan = replace(uniform_plan(), schedule=name,
+                           virtual_stages=get_schedule(name).virtual_stages)
+            assert export_schedule_name(plan, target) == get_schedule(name).export_names[target]
+    with pytest.raises(BadInputError, match="deepspeed does not run the zbv schedule"):
+        export_schedule_name(chunked_plan("zbv", UNEVEN_CHUNKS), "deepspeed")
+
+
+#: Four chunks on two ranks: blocks 2, 2, 3, 1 (uneven) and 2, 2, 2, 2 (even).
+UNEVEN_CHUNKS = (0, 3, 5, 8, 10)
+EVEN_CHUNKS = (0, 3, 5, 7, 10)
+
+
+def test_megatron_interleaved_uneven_chunks_are_a_layout_in_rank_order() -> None:
+    # 3 micro-batches on 2 ranks: PyTorch's order runs all 3 per chunk back to back, which
+    # Megatron's default group (the pipeline size, 2) would refuse
+    plan = chunked_plan("interleaved-1f1b", UNEVEN_CHUNKS, micro=3, global_batch=6)
+    assert expressibility_problems(plan, "megatron") == []
+    m = megatron_args(plan, GPT_SHAPE)
+    assert _flag(m.args, "--pipeline-model-parallel-size") == "2"
+    assert m.layout == "E,t*2|t*2|t*3|t,L"
+    assert _flag(m.args, "--pipeline-model-parallel-layout") == m.layout
+    assert "--num-virtual-stages-per-pipeline-rank" not in m.args
+    assert _flag(m.args, "--microbatch-group-size-per-virtual-pipeline-stage") == "3"
+    assert _flag(m.args, "--micro-batch-size") == "2" and m.world_size == 4
+    # Megatron's part k is chunk k // p of rank k mod p: the plan's stage k
+    for k, items in enumerate(parse_layout(m.layout)):
+        stage = plan.stages[k]
+        assert stage.pipeline_rank == k % 2
+        assert items.count("t") == sum(1 for u in range(stage.layer_start, stage.layer_end)
+                                       if 0 < u < UNITS - 1)
+    assert m.first_last_args == ()
+    assert m.stage_devices == ("pipeline rank 0, stages 0, 2 (H100, ranks 0-1): n0:0,1",
+                               "pipeline rank 1, stages 1, 3 (H100, ranks 2-3): n1:0,1")
+    assert [line.split(":")[0] for line in m.launch] == ["n0", "n1"]
+
+
+def test_megatron_interleaved_equal_chunks_take_the_virtual_stage_count() -> None:
+    plan = chunked_plan("interleaved-1f1b", EVEN_CHUNKS)
+    m = megatron_args(plan, GPT_SHAPE)
+    assert _flag(m.args, "--num-virtual-stages-per-pipeline-rank") == "2"
+    assert "--pipeline-model-parallel-layout" not in m.args
+    assert _flag(m.args, "--microbatch-group-size-per-virtual-pipeline-stage") == "2"
+    one_chunk = megatron_args(uniform_plan(), GPT_SHAPE).args
+    assert "--microbatch-group-size-per-virtual-pipeline-stage" not in one_chunk
+    assert "--num-virtual-stages-per-pipeline-rank" not in one_chunk
+
+
+def test_microbatch_group_is_the_run_of_one_chunk_in_the_priced_order() -> None:
+    # rounds of m // max(1, m // p) micro-batches: 8 on 2 ranks -> 2, 6 on 4 -> 6, 3 on 2 -> 3
+    for ranks, micro, group in ((2, 8, 2), (4, 6, 6), (2, 3, 3), (4, 8, 4)):
+        bounds = tuple(range(2 * ranks)) + (UNITS,)
+        plan = chunked_plan("interleaved-1f1b", bounds, ranks=ranks, micro=micro,
+                            global_batch=micro)
+        assert microbatch_group_size(plan) == group, (ranks, micro)
+
+
+def test_megatron_refuses_zero_bubble_and_too_few_micro_batches() -> None:
+    zbv = chunked_plan("zbv", UNEVEN_CHUNKS)
+    assert any(p.startswith("schedule 'zbv' is not available in megatron (it runs 1f1b, "
+                            "interleaved-1f1b): megatron-core 0.19 has no zero-bubble")
+               for p in expressibility_problems(zbv, "megatron"))
+    izb = chunked_plan("interleaved-zb", UNEVEN_CHUNKS)
+    assert any("'interleaved-zb' is not available in megatron" in p
+               for p in expressibility_problems(izb, "megatron"))
+    one = chunked_plan("interleaved-1f1b", UNEVEN_CHUNKS, micro=1, global_batch=2)
+    assert expressibility_problems(one, "torchtitan") == []
+    assert any("needs at least one micro-batch per rank" in p
+               for p in expressibility_problems(one, "megatron"))
+    with pytest.raises(BadInputError, match="cannot be expressed in megatron"):
+        megatron_args(zbv, GPT_SHAPE)
+
+
+def test_one_pipeline_rank_is_exported_without_a_pipeline() -> None:
+    # two chunks on one rank: the runtimes run each micro-batch through the whole model
+    single = chunked_plan("interleaved-1f1b", (0, 4, 10), ranks=1)
+    for target in ("megatron", "torchtitan"):
+        assert expressibility_problems(single, target) == [], target
+    m = megatron_args(single, GPT_SHAPE).args
+    assert _flag(m, "--pipeline-model-parallel-size") == "1"
+    assert not {"--pipeline-model-parallel-layout", "--num-virtual-stages-per-pipeline-rank",
+                "--microbatch-group-size-per-virtual-pipeline-stage"} & set(m)
+    job = torchtitan_job(single, model=None, module="my_pkg.gpt", config="gpt_small")
+    assert _flag(job.args, "--parallelism.pipeline_parallel_degree") == "1"
+    assert "--parallelism.pipeline_parallel_schedule" not in job.args
+    # no pipeline: torchtitan runs local_batch_size at once and accumulates the rest
+    assert _flag(job.args, "--training.local_batch_size") == "4"
+    assert _flag(job.args, "--training.global_batch_size") == "32"
+
+
+def test_deepspeed_stays_one_forward_one_backward() -> None:
+    plan = chunked_plan("interleaved-1f1b", EVEN_CHUNKS)
+    assert any("is not available in deepspeed (it runs 1f1b)" in p
+               for p in expressibility_problems(plan, "deepspeed"))
+    with pytest.raises(BadInputError, match="cannot be expressed in deepspeed"):
+        deepspeed_export(plan)
+
+
+@pytest.mark.parametrize("schedule, v, name, ranks_of", [
+    ("interleaved-1f1b", 2, "Interleaved1F1B", [0, 1, 0, 1]),
+    ("interleaved-zb", 2, "InterleavedZeroBubble", [0, 1, 0, 1]),
+    ("zbv", 2, "ZBVZeroBubble", [0, 1, 1, 0]),
+    ("zb-h1", 1, "InterleavedZeroBubble", [0, 1, 2, 3]),
+    ("gpipe", 1, "GPipe", [0, 1, 2, 3]),
+])
+def test_torchtitan_exports_each_schedule_with_its_chunks(schedule: str, v: int, name: str,
+                                                          ranks_of: list[int]) -> None:
+    ranks = 4 // v
+    plan = chunked_plan(schedule, UNEVEN_CHUNKS, ranks=ranks, v=v)
+    assert [s.pipeline_rank for s in plan.stages] == ranks_of
+    assert expressibility_problems(plan, "torchtitan") == []
+    job = torchtitan_job(plan, model=None, module="my_pkg.gpt", config="gpt_small")
+    assert _flag(job.args, "--parallelism.pipeline_parallel_schedule") == name
+    assert _flag(job.args, "--parallelism.pipeline_parallel_degree") == str(ranks)
+    # one part per stage in model order: torchtitan hands part k to the rank the plan has
+    assert job.module_fqns_per_model_part == tuple(s.module_names for s in plan.stages)
+    assert _flag(job.args, "--parallelism.pipeline_parallel_microbatch_size") == "4"
+    assert _flag(job.args, "--training.local_batch_size") == "32"  # 4 samples x 8 micro
+    text = render_torchtitan(job, plan=plan)
+    if v > 1:
+        lead = [s.index for s in plan.stages if s.pipeline_rank == 0]
+        assert f"#   pipeline rank 0: stages {', '.join(map(str, lead))}" in text
 
 
 # ---- expressibility and projection --------------------------------------------------------
@@ -346,7 +666,7 @@ def test_heterogeneous_plan_problems_are_named() -> None:
     with pytest.raises(BadInputError, match="unknown target"):
         expressibility_problems(uniform_plan(), "jax")
     with pytest.raises(BadInputError, match="cannot be expressed"):
-        megatron_args(heterogeneous_plan())
+        megatron_args(heterogeneous_plan(), GPT_SHAPE)
 
 
 SPEED = {"H100": 3.0, "910B": 1.0, "L4": 1.0}
@@ -449,6 +769,51 @@ def test_projection_frees_devices_it_cannot_use() -> None:
     assert {"h1:0", "h1:1"} <= set(projected.idle_devices)  # stage 1 caps DP
 
 
+def _uneven_shares(plan: Plan) -> Plan:
+    """``plan`` with rank 0's devices as two TP-1 replicas taking 3 and 1 samples."""
+    def split(st: StagePlan) -> StagePlan:
+        if st.pipeline_rank != 0:
+            return st
+        [r] = st.replicas
+        return replace(st, tp=1, replicas=(Replica(r.node, r.local_indices[:1], 3),
+                                           Replica(r.node, r.local_indices[1:], 1)))
+    return replace(plan, stages=tuple(split(st) for st in plan.stages))
+
+
+@pytest.mark.usefixtures("fake_costs")
+def test_projection_keeps_the_chunks_where_the_target_interleaves_them() -> None:
+    # interleaved zero bubble -> Megatron's interleaved 1F1B: same chunks on the same ranks
+    plan = _uneven_shares(chunked_plan("interleaved-zb", UNEVEN_CHUNKS))
+    assert any("not available in megatron" in p
+               for p in expressibility_problems(plan, "megatron"))
+    projected = project_plan(plan, "megatron", model=None, cluster=None, costs=None)
+    assert expressibility_problems(projected, "megatron") == []
+    assert (projected.schedule, projected.virtual_stages) == ("interleaved-1f1b", 2)
+    assert [(s.layer_start, s.layer_end, s.pipeline_rank) for s in projected.stages] == [
+        (s.layer_start, s.layer_end, s.pipeline_rank) for s in plan.stages]
+    assert "schedule interleaved-1f1b" in projection_summary(plan, projected, "megatron")[0]
+    # torchtitan runs ZBV itself: only the batch split changes
+    zbv = _uneven_shares(chunked_plan("zbv", UNEVEN_CHUNKS))
+    kept = project_plan(zbv, "torchtitan", model=None, cluster=None, costs=None)
+    assert (kept.schedule, kept.virtual_stages) == ("zbv", 2)
+    assert expressibility_problems(kept, "torchtitan") == []
+
+
+@pytest.mark.usefixtures("fake_costs")
+def test_projection_merges_each_ranks_chunks_where_the_target_cannot_place_them() -> None:
+    from factories import gpt_like_model
+
+    # ZBV's V (stages 0 and 3 on rank 0) has no Megatron placement: one stage per rank
+    zbv = chunked_plan("zbv", UNEVEN_CHUNKS)
+    model = gpt_like_model(blocks=BLOCKS)
+    for target in ("megatron", "deepspeed"):
+        projected = project_plan(zbv, target, model=model, cluster=None, costs=None)
+        assert expressibility_problems(projected, target) == []
+        assert (projected.schedule, projected.virtual_stages) == ("1f1b", 1)
+        # rank 0 owned 3 + 2 units, rank 1 owned 2 + 3
+        assert [(s.layer_start, s.layer_end) for s in projected.stages] == [(0, 5), (5, 10)]
+
+
 # ---- the command line ---------------------------------------------------------------------
 
 
@@ -498,17 +863,112 @@ def test_cli_rejects_broken_plans_with_exit_2(tmp_path: Path, breakage: str,
     assert "Traceback" not in capsys.readouterr().err
 
 
+#: A model file with the fixtures' module names (``transformer.wte`` ... ``lm_head``).
+FIXTURE_MODEL = """
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden, heads):
+        super().__init__()
+        self.head_dim = hidden // heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+
+
+class Block(nn.Module):
+    def __init__(self, hidden, heads):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(hidden)
+        self.attn = Attention(hidden, heads)
+        self.ln_2 = nn.LayerNorm(hidden)
+        self.fc = nn.Linear(hidden, 4 * hidden)
+        self.out = nn.Linear(4 * hidden, hidden)
+
+
+class Body(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(512, 64)
+        self.wpe = nn.Embedding(128, 64)
+        self.h = nn.ModuleList(Block(64, 4) for _ in range(8))
+        self.ln_f = nn.LayerNorm(64)
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.transformer = Body()
+        self.lm_head = nn.Linear(64, 512, bias=False)
+
+
+def build_model():
+    return Model()
+
+
+def example_batch(batch_size, seq_len, device):
+    x = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
+    return (x,), x
+"""
+
+
+#: The torchtitan model and config the exports of the fixture model name.
+_TORCHTITAN_MODEL = ["--torchtitan-module", "my_pkg.gpt", "--torchtitan-config", "gpt_small"]
+
+
+def _plan_with_fixture_model(tmp_path: Path, plan: Plan) -> Path:
+    """``plan`` saved as ``plan.json`` beside a copy of the fixture model file it names."""
+    model_file = tmp_path / "fixture_model.py"
+    model_file.write_text(FIXTURE_MODEL)
+    plan = replace(plan, model=replace(plan.model, source_file=str(model_file)))
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan.to_dict()))
+    return plan_file
+
+
 @pytest.mark.parametrize("target", ["megatron", "torchtitan", "deepspeed", "kubernetes"])
 def test_cli_exports_an_expressible_plan(tmp_path: Path, target: str) -> None:
     _needs_plan_io()
-    plan_file = tmp_path / "plan.json"
-    plan_file.write_text(json.dumps(uniform_plan().to_dict()))
+    plan_file = _plan_with_fixture_model(tmp_path, uniform_plan())
     out = tmp_path / "export.out"
-    assert main(["export", str(plan_file), "--to", target, "-o", str(out)]) == 0
-    assert out.read_text().strip()
+    extra = _TORCHTITAN_MODEL if target == "torchtitan" else []
+    assert main(["export", str(plan_file), "--to", target, "-o", str(out), *extra]) == 0
+    text = out.read_text()
+    if target == "megatron":
+        assert "--hidden-size 64" in text and "--num-attention-heads 4" in text
+        assert "--ffn-hidden-size 256" in text and "--max-position-embeddings 128" in text
     if target in ("megatron", "torchtitan"):
-        assert main(["export", str(plan_file), "--to", target, "--json", "-o", str(out)]) == 0
+        assert main(["export", str(plan_file), "--to", target, "--json", "-o", str(out),
+                     *extra]) == 0
         assert json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("schedule, target, says", [
+    ("interleaved-1f1b", "megatron", "--microbatch-group-size-per-virtual-pipeline-stage 2"),
+    ("zbv", "torchtitan", "--parallelism.pipeline_parallel_schedule ZBVZeroBubble"),
+])
+def test_cli_exports_a_plan_of_several_chunks_per_rank(tmp_path: Path, schedule: str,
+                                                       target: str, says: str) -> None:
+    _needs_plan_io()
+    plan_file = _plan_with_fixture_model(tmp_path, chunked_plan(schedule, UNEVEN_CHUNKS))
+    out = tmp_path / "export.sh"
+    extra = _TORCHTITAN_MODEL if target == "torchtitan" else []
+    assert main(["export", str(plan_file), "--to", target, "-o", str(out), "--no-project",
+                 *extra]) == 0
+    text = out.read_text()
+    assert says in text
+    if target == "megatron":
+        assert "--pipeline-model-parallel-layout 'E,t*2|t*2|t*3|t,L'" in text
+        assert "#   pipeline rank 1, stages 1, 3 (H100, ranks 2-3): n1:0,1" in text
+
+
+def test_cli_torchtitan_without_a_torchtitan_model_exits_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _needs_plan_io()
+    plan_file = _plan_with_fixture_model(tmp_path, uniform_plan())
+    assert main(["export", str(plan_file), "--to", "torchtitan"]) == 2
+    assert "--torchtitan-module" in capsys.readouterr().err
 
 
 def test_cli_no_project_refuses_a_heterogeneous_plan(tmp_path: Path,
@@ -537,14 +997,17 @@ def searched_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_searched_plan_exports_to_every_target(searched_plan: Path, tmp_path: Path) -> None:
-    tomllib = pytest.importorskip("tomllib")
     from autosplit.plan.io import load_plan
 
     plan = load_plan(searched_plan)
     outputs = {}
     for target in ("megatron", "torchtitan", "deepspeed", "kubernetes"):
         out = tmp_path / f"export.{target}"
-        assert main(["export", str(searched_plan), "--to", target, "-o", str(out)]) == 0
+        # torchtitan ships no GPT: name the user's own torchtitan model, as a GPT user would
+        extra = ["--json", "--torchtitan-module", "my_pkg.gpt", "--torchtitan-config",
+                 "gpt_tiny"] if target == "torchtitan" else []
+        assert main(["export", str(searched_plan), "--to", target, "-o", str(out),
+                     *extra]) == 0
         outputs[target] = out.read_text()
     exported = plan
     if expressibility_problems(plan, "megatron"):  # the search is free to be heterogeneous
@@ -553,7 +1016,7 @@ def test_searched_plan_exports_to_every_target(searched_plan: Path, tmp_path: Pa
     layout = re.search(r"--pipeline-model-parallel-layout '?([^'\n]+)'?", outputs["megatron"])
     if layout:
         assert len(parse_layout(layout.group(1))) == exported.num_stages
-    parts = tomllib.loads(outputs["torchtitan"])["parallelism"]["module_fqns_per_model_part"]
+    parts = json.loads(outputs["torchtitan"])["module_fqns_per_model_part"]
     assert [m for p in parts for m in p] == [m for s in plan.stages for m in s.module_names]
     ds = json.loads(outputs["deepspeed"])
     assert ds["pipeline_module"]["parts"] == [s.layer_start for s in plan.stages] + [
@@ -568,23 +1031,32 @@ def test_searched_plan_exports_to_every_target(searched_plan: Path, tmp_path: Pa
 @pytest.mark.slow
 def test_heterogeneous_searched_plan_is_projected_with_the_real_cost_model(
         searched_plan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from factories import node_stage_plan
+
+    from autosplit.plan.context import load_plan_context, with_sources
     from autosplit.plan.io import load_plan, save_plan
 
-    plan = load_plan(searched_plan)
+    searched = load_plan(searched_plan)
+    ctx = load_plan_context(searched, plan_file=str(searched_plan))
+    # paths valid from anywhere: the plans below are saved in another folder
+    searched = with_sources(searched, cluster=ctx.cluster, model=ctx.model)
+    # the searched plan's model, cluster and batch on a layout built here: one stage per
+    # node, each a TP-4 group, four samples per micro-batch
+    half = ctx.model.num_layers // 2
+    plan = node_stage_plan(searched, ctx.model, ctx.cluster,
+                           bounds=(0, half, ctx.model.num_layers), nodes=("h100", "a100"),
+                           tp=4, micro_batches=searched.global_batch // 4)
+    assert not expressibility_problems(plan, "megatron")
     first = plan.stages[0]
-    # give stage 0 two TP-2 replicas with uneven shares when it owns four devices on a node
-    devices = [(r.node, i) for r in first.replicas for i in r.local_indices]
-    node = devices[0][0]
-    if len(devices) < 4 or any(n != node for n, _ in devices) or plan.micro_batch_samples < 2:
-        pytest.skip("the searched plan's first stage is not four devices on one node")
-    b = plan.micro_batch_samples
-    shares = (b // 2 + 1, b - b // 2 - 1) if b >= 3 else (b // 2, b - b // 2)
-    idx = sorted(i for _, i in devices)
-    het = replace(plan, prediction=None, stages=(
-        replace(first, tp=2, replicas=(Replica(node, tuple(idx[:2]), shares[0]),
-                                       Replica(node, tuple(idx[2:4]), shares[1]))),
+    [replica] = first.replicas
+    idx = replica.local_indices
+    # stage 0 as two TP-2 replicas with uneven shares: three of the four problems
+    het = replace(plan, stages=(
+        replace(first, tp=2, replicas=(Replica(replica.node, idx[:2], 3),
+                                       Replica(replica.node, idx[2:], 1))),
         *plan.stages[1:]))
-    assert expressibility_problems(het, "megatron")
+    problems = expressibility_problems(het, "megatron")
+    assert [p.split(" ")[0] for p in problems] == ["stage", "stage", "uneven"], problems
     het_file = tmp_path / "het.json"
     save_plan(het, het_file)
     out = tmp_path / "het.sh"
@@ -593,4 +1065,6 @@ def test_heterogeneous_searched_plan_is_projected_with_the_real_cost_model(
     err = capsys.readouterr().err
     assert "megatron cannot express this plan" in err
     assert re.search(r"iteration .* vs .* planned", err)
-    assert "# note: projected for megatron: uniform TP=" in out.read_text()
+    text = out.read_text()
+    assert "# note: projected for megatron: uniform TP=" in text
+    assert "--pipeline-model-parallel-size 2" in text

@@ -1,5 +1,5 @@
-"""Tests of ``autosplit report``: the schedule replay, the HTML page, static charts, the
-terminal summary and the command.
+"""Tests of ``autosplit report``: the timeline (the cost model's simulation of the plan's
+schedule), the HTML page, static charts, the terminal summary and the command.
 
 Plans are built by hand (``example_plan``: H100 → Ascend 910B → H100, every field set) so the
 page can be checked figure by figure; one test also reports a plan the search produced.
@@ -17,6 +17,8 @@ import pytest
 from rich.console import Console
 
 from autosplit.cli import main
+from autosplit.cost.schedule import get_schedule
+from autosplit.cost.schedule_sim import stage_times_from_prediction
 from autosplit.errors import BadInputError
 from autosplit.plan.schema import (
     Alternative,
@@ -31,15 +33,10 @@ from autosplit.plan.schema import (
     StagePrediction,
 )
 from autosplit.report import render_report, write_report
-from autosplit.report.fmt import fmt_bytes, fmt_ratio, fmt_seconds, fmt_signed_pct
+from autosplit.report.fmt import fmt_bytes, fmt_pct, fmt_ratio, fmt_seconds, fmt_signed_pct
 from autosplit.report.static import write_static_charts
 from autosplit.report.terminal import render_plan_summary
-from autosplit.report.timeline import (
-    StageTimes,
-    simulate,
-    stage_order,
-    stage_times_from_prediction,
-)
+from autosplit.report.timeline import bubble_share, plan_timeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +64,7 @@ def _stage_pred(index: int, *, fwd: float, bwd: float, rec: float, tp: float, p2
         p2p_out_s=p2p_out, busy_s=busy, dp_allreduce_s=30 * MS, optimizer_s=10 * MS,
         memory=MemoryBreakdown(weights=weights, gradients=weights, optimizer=6 * weights,
                                activations=act, reserve=2 * GB, capacity=capacity),
-        in_flight=in_flight)
+        in_flight=in_flight, bwd_weight_s=bwd / 2, blocking_out=blocking_out)
 
 
 def example_plan(*, schedule: str = "1f1b", blocking: bool = True,
@@ -101,14 +98,13 @@ def example_plan(*, schedule: str = "1f1b", blocking: bool = True,
                     p2p_out=0.0, blocking_in=blocking, blocking_out=False,
                     weights=1.9 * GB, act=6.2 * GB, capacity=80 * GB, in_flight=1),
     )
-    busy = [sp.busy_s for sp in preds]
-    fill = 0.0 if blocking else 2 * 4 * MS * 2
-    pipe = sum(busy) + (micro_batches - 1) * max(busy) + fill
-    total = pipe + 40 * MS
+    # Iteration, pipeline and bubble as ``cost.predict`` fills them: from the simulation.
+    sim = get_schedule(schedule).simulate(stage_times_from_prediction(preds), micro_batches)
+    total = sim.makespan_s
     tokens = 64 * 2048
     pred = Prediction(
         iteration_s=total, tokens_per_s=tokens / total, samples_per_s=64 / total, mfu=0.3812,
-        pipeline_s=pipe, bubble_s=pipe - sum(busy) / 3 * micro_batches, dp_sync_s=30 * MS,
+        pipeline_s=sim.pipeline_s, bubble_s=sim.bubble_s, dp_sync_s=30 * MS,
         optimizer_s=10 * MS, bottleneck_stage=1, stages=preds)
     return Plan(
         model=ModelRef(name="gpt-1.3b", source_file="experiments/models/gpt.py",
@@ -157,107 +153,18 @@ MEASURED = {"step_time_s": 1.62, "unknown_key": [1, 2],
 
 
 # ---------------------------------------------------------------------------------------
-# schedule replay
+# the timeline is the cost model's simulation (schedules themselves: tests/test_schedule.py)
 # ---------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
-@pytest.mark.parametrize(("p", "m"), [(1, 1), (1, 5), (2, 1), (3, 2), (4, 8), (5, 3)])
-def test_equal_stages_take_m_plus_p_minus_1_slots(schedule: str, p: int, m: int) -> None:
-    f, b = 1.25, 2.5
-    t = simulate([StageTimes(f, b)] * p, micro_batches=m, schedule=schedule)
-    assert t.makespan_s == pytest.approx((m + p - 1) * (f + b))
-    assert t.bubble_fraction() == pytest.approx((p - 1) / (m + p - 1))
-
-
-def test_1f1b_order_is_warmup_then_alternate() -> None:
-    order = stage_order("1f1b", stage=0, num_stages=3, micro_batches=5)
-    assert order == [("F", 0), ("F", 1), ("F", 2), ("B", 0), ("F", 3), ("B", 1), ("F", 4),
-                     ("B", 2), ("B", 3), ("B", 4)]
-    last = stage_order("1f1b", stage=2, num_stages=3, micro_batches=3)
-    assert last == [("F", 0), ("B", 0), ("F", 1), ("B", 1), ("F", 2), ("B", 2)]
-    gpipe = stage_order("gpipe", stage=1, num_stages=3, micro_batches=2)
-    assert gpipe == [("F", 0), ("F", 1), ("B", 0), ("B", 1)]
-    with pytest.raises(BadInputError):
-        stage_order("zigzag", stage=0, num_stages=2, micro_batches=2)
-
-
-UNEQUAL = [StageTimes(1.0, 2.0, p2p_next_s=0.3), StageTimes(2.0, 4.5, p2p_next_s=0.1),
-           StageTimes(0.5, 1.5, p2p_next_s=0.2), StageTimes(1.5, 3.0)]
-
-
-@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
-def test_replay_respects_dependencies_and_one_pass_at_a_time(schedule: str) -> None:
-    m, p = 6, len(UNEQUAL)
-    t = simulate(UNEQUAL, micro_batches=m, schedule=schedule)
-    end = {(iv.kind, iv.stage, iv.micro_batch): iv.end_s for iv in t.intervals}
-    start = {(iv.kind, iv.stage, iv.micro_batch): iv.start_s for iv in t.intervals}
-    for k in range(m):
-        for s in range(1, p):
-            assert start[("F", s, k)] >= end[("F", s - 1, k)] + UNEQUAL[s - 1].p2p_next_s - 1e-12
-        for s in range(p - 1):
-            assert start[("B", s, k)] >= end[("B", s + 1, k)] + UNEQUAL[s].p2p_next_s - 1e-12
-        assert start[("B", p - 1, k)] >= end[("F", p - 1, k)]
-    for s in range(p):
-        passes = t.of_stage(s, "F", "B")
-        assert len(passes) == 2 * m
-        assert [(iv.kind, iv.micro_batch) for iv in passes] == stage_order(
-            schedule, stage=s, num_stages=p, micro_batches=m)
-        for a, b in zip(passes, passes[1:], strict=False):
-            assert b.start_s >= a.end_s - 1e-12
-        assert t.busy_s(s) == pytest.approx(m * (UNEQUAL[s].fwd_s + UNEQUAL[s].bwd_s))
-    # The slowest stage can never finish sooner than its own work.
-    assert t.pipeline_s >= max(m * (st.fwd_s + st.bwd_s) for st in UNEQUAL)
-
-
-@pytest.mark.parametrize(("p", "m"), [(3, 8), (4, 3), (2, 5)])
-def test_in_flight_micro_batches(p: int, m: int) -> None:
-    stages = [StageTimes(1.0 + 0.1 * s, 2.0) for s in range(p)]
-    one = simulate(stages, micro_batches=m, schedule="1f1b")
-    assert [one.max_in_flight(s) for s in range(p)] == [min(p - s, m) for s in range(p)]
-    gp = simulate(stages, micro_batches=m, schedule="gpipe")
-    assert [gp.max_in_flight(s) for s in range(p)] == [m] * p
-
-
-def test_replay_against_the_cost_models_formula() -> None:
-    """GPipe with proportional stages matches Σu + (m−1)·max u exactly; 1F1B never exceeds
-    it when transfers are free (it can beat it when the slow stage is not the last)."""
-    from autosplit.cost.pipeline import pipeline_time
-
-    for times in ([1.0, 2.0, 1.5], [3.0, 1.0, 1.0], [1.0, 1.0, 3.0], [0.5, 2.5, 1.0, 2.0]):
-        stages = [StageTimes(u / 3, 2 * u / 3) for u in times]
-        for m in (1, 4, 9):
-            formula = pipeline_time(times, micro_batches=m)
-            gp = simulate(stages, micro_batches=m, schedule="gpipe").makespan_s
-            ofob = simulate(stages, micro_batches=m, schedule="1f1b").makespan_s
-            assert gp == pytest.approx(formula)
-            assert ofob <= formula + 1e-9
-            assert ofob >= m * max(times) - 1e-9
-
-
-def test_tails_follow_each_stages_last_backward() -> None:
-    stages = [StageTimes(1.0, 2.0, dp_sync_s=0.5, optimizer_s=0.25),
-              StageTimes(1.0, 2.0, dp_sync_s=4.0, optimizer_s=1.0)]
-    t = simulate(stages, micro_batches=3, schedule="1f1b")
-    for s, st in enumerate(stages):
-        last_b = max(iv.end_s for iv in t.of_stage(s, "B"))
-        sync = t.of_stage(s, "dp_sync")[0]
-        opt = t.of_stage(s, "optimizer")[0]
-        assert sync.start_s == pytest.approx(last_b)
-        assert opt.start_s == pytest.approx(sync.end_s)
-        assert opt.duration_s == pytest.approx(st.optimizer_s)
-    assert t.makespan_s == pytest.approx(
-        max(max(iv.end_s for iv in t.of_stage(s, "B")) + st.dp_sync_s + st.optimizer_s
-            for s, st in enumerate(stages)))
-
 
 @pytest.mark.parametrize("blocking", [True, False])
 def test_stage_times_from_prediction_keep_busy_time(blocking: bool) -> None:
     plan = example_plan(blocking=blocking)
     assert plan.prediction is not None
-    times = stage_times_from_prediction(plan.prediction)
+    times = stage_times_from_prediction(plan.prediction.stages)
     for st, sp in zip(times, plan.prediction.stages, strict=True):
         assert st.fwd_s + st.bwd_s == pytest.approx(sp.busy_s)
         assert st.recompute_s == sp.recompute_s
+        assert st.wgt_s == sp.bwd_weight_s
     if blocking:  # the CPU relay: both stages carry the transfer, nothing is left in flight
         assert [t.p2p_next_s for t in times] == [0.0, 0.0, 0.0]
         assert [(t.recv_s, t.send_s) for t in times] == [(0, 4 * MS), (4 * MS, 4 * MS),
@@ -267,10 +174,38 @@ def test_stage_times_from_prediction_keep_busy_time(blocking: bool) -> None:
         assert all(t.recv_s == t.send_s == 0 for t in times)
 
 
-def test_empty_and_invalid_inputs() -> None:
-    assert simulate([], micro_batches=4).makespan_s == 0
-    with pytest.raises(BadInputError):
-        simulate([StageTimes(-1.0, 1.0)], micro_batches=2)
+@pytest.mark.parametrize(("schedule", "m"), [("1f1b", 16), ("gpipe", 16), ("zb-h1", 8)])
+def test_one_bubble_figure_on_the_page_and_in_the_terminal(schedule: str, m: int) -> None:
+    """The summary card, the timeline's verdict and the terminal summary print the same
+    bubble, and the timeline drawn is the one the prediction was made from."""
+    plan = example_plan(schedule=schedule, micro_batches=m)
+    pred = plan.prediction
+    assert pred is not None
+    timeline = plan_timeline(plan)
+    assert timeline is not None
+    assert timeline.pipeline_s == pytest.approx(pred.pipeline_s)
+    assert timeline.makespan_s == pytest.approx(pred.iteration_s)
+    assert timeline.bubble_fraction() == pytest.approx(bubble_share(pred))
+    figure = fmt_pct(bubble_share(pred))
+    html = render_report(plan)
+    card = re.search(r'Pipeline bubble</div><div class="v">([^<]+)<', html)
+    assert card is not None and card.group(1) == figure
+    assert f"Pipeline bubble: <b>{figure}</b>" in html
+    console = Console(record=True, width=160)
+    render_plan_summary(plan, console)
+    assert f"bubble {figure}" in console.export_text()
+
+
+def test_timeline_draws_the_simulation_events() -> None:
+    plan = example_plan(micro_batches=5)
+    timeline = plan_timeline(plan)
+    assert timeline is not None
+    html = render_report(plan)
+    for iv in timeline.intervals:
+        if iv.kind in ("F", "B"):
+            name = "forward" if iv.kind == "F" else "backward"
+            assert (f"stage {iv.stage} {name} of micro-batch {iv.micro_batch}: "
+                    f"{fmt_seconds(iv.start_s)} → {fmt_seconds(iv.end_s)}") in html
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,6 +285,11 @@ def test_timeline_draws_every_pass() -> None:
             assert f"stage {s} forward of micro-batch {k}:" in html
             assert f"stage {s} backward of micro-batch {k}:" in html
     assert "stage 5 forward" not in html
+    assert "weight gradient of micro-batch" not in html
+    split = render_report(example_plan(schedule="zb-h1", micro_batches=8))
+    for s in range(3):
+        for k in range(8):
+            assert f"stage {s} weight gradient (split backward) of micro-batch {k}:" in split
 
 
 def test_gpipe_plan_and_overlapping_links_render() -> None:

@@ -11,7 +11,10 @@ bought. Every baseline here is built from the same model, cluster and training s
 - ``tflops``: units in proportion to each stage's peak TFLOPS.
 - ``single_type``: the best plan on the nodes of one chip type only (searched), the best chip
   type kept — "just use the fast GPUs".
-- ``brute_force``: the exhaustive optimum, on problems small enough to enumerate.
+- ``brute_force``: the exhaustive optimum over the whole plan schema
+  (``autosplit.bench.exhaustive``: per-stage TP and DP, unequal cuts, mixed-chip stages,
+  idle devices), on problems small enough to enumerate (≤ 8 devices, ≤ 12 units) and
+  without ``--target`` (a target restricts the plans, the enumeration does not).
 
 Each comes back as an iteration time: ``inf`` when that baseline does not fit in memory (or
 no plan exists), ``nan`` when it does not apply to the case.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from autosplit.bench.exhaustive import exhaustive_optimum, small_enough
 from autosplit.cluster.schema import Cluster
 from autosplit.config import SearchConfig, TrainingConfig
 from autosplit.errors import NoFeasiblePlanError
@@ -96,10 +100,8 @@ def baseline_times(plan: Plan, *, kinds: tuple[str, ...], model: ModelProfile,
             if t < best:
                 best, best_chip = t, chip
         out = replace(out, single_type=best, single_type_chip=best_chip)
-    if "brute_force" in kinds:
-        from autosplit.bench.brute_force import brute_force_best, small_enough
-
-        if small_enough(model, cluster):
-            out = replace(out, brute_force=brute_force_best(model, cluster, training, search,
-                                                            costs=costs))
+    if "brute_force" in kinds and small_enough(model, cluster) and not search.target:
+        out = replace(out, brute_force=exhaustive_optimum(
+            model=model, cluster=cluster, training=training, search=search,
+            costs=costs).iteration_s)
     return out

@@ -8,13 +8,15 @@ Paths inside a suite are relative to the suite file, so the suite can be run fro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autosplit.chips.library import read_yaml_mapping, reject_unknown_keys
 from autosplit.config import DTYPE_BYTES, SCHEDULES, SearchConfig, TrainingConfig
 from autosplit.errors import BadInputError
+from autosplit.inputs.validation import reject_unknown_keys
+from autosplit.inputs.yaml_file import read_yaml_mapping
 
 __all__ = ["BASELINE_KINDS", "BenchCase", "Suite", "load_suite"]
 
@@ -78,7 +80,7 @@ def load_suite(path: str | Path) -> Suite:
     """Validate the suite file at ``path``; any problem raises ``BadInputError``."""
     path = Path(path)
     file = str(path)
-    data = read_yaml_mapping(path, what="bench suite")
+    data = read_yaml_mapping(path, what="bench suite", fix="see docs/bench.md for the format")
     reject_unknown_keys(data, _SUITE_KEYS, file=file)
     defaults = data.get("defaults", {}) or {}
     if not isinstance(defaults, dict):
@@ -189,14 +191,16 @@ def _configs(options: dict[str, Any], gb: int, seq: int, ctx: _Ctx, where: str
         raise BadInputError(f"unknown schedule {schedule!r}", file=ctx.file,
                             field=fld("schedule"), fix="use one of: " + ", ".join(SCHEDULES))
     reserve = options.get("memory_reserve_gb", 2.0)
-    if isinstance(reserve, bool) or not isinstance(reserve, int | float) or reserve < 0:
+    if (isinstance(reserve, bool) or not isinstance(reserve, int | float)
+            or not math.isfinite(reserve) or reserve < 0):
         raise BadInputError(f"must be a number ≥ 0, got {reserve!r}", file=ctx.file,
                             field=fld("memory_reserve_gb"), fix="write e.g. 2.0")
     training = TrainingConfig(global_batch=gb, seq_len=seq, dtype=dtype, schedule=schedule,
                               zero1=_bool(options.get("zero1", False), ctx, fld("zero1")),
                               memory_reserve_gb=float(reserve))
     limit = options.get("time_limit_s", 60.0)
-    if isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0:
+    if (isinstance(limit, bool) or not isinstance(limit, int | float)
+            or not math.isfinite(limit) or limit <= 0):
         raise BadInputError(f"must be a positive number, got {limit!r}", file=ctx.file,
                             field=fld("time_limit_s"), fix="write e.g. 60")
     target = str(options.get("target", ""))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from autosplit.chips.surface import ComputeSurface, default_surface
+
 __all__ = ["ChipSpec", "Provenance", "CONFIDENCE_LEVELS"]
 
 CONFIDENCE_LEVELS: tuple[str, ...] = ("high", "medium", "low", "measured")
@@ -51,6 +53,22 @@ class ChipSpec:
     provenance: dict[str, Provenance] = field(default_factory=dict)
     #: Other names a cluster file may use for this chip (matched case-insensitively).
     aliases: tuple[str, ...] = ()
+    #: Fixed cost of one message over the intra-node link (the α of α-β), seconds.
+    intra_node_latency_s: float = 5e-6
+    #: Measured efficiency per GEMM shape, launch cost and streaming fraction
+    #: (``profile-chip``); ``None``: the documented default surface (low confidence).
+    surface: ComputeSurface | None = None
+
+    def compute_surface(self) -> ComputeSurface:
+        """The measured surface, or the default one built from the efficiencies above."""
+        if self.surface is not None:
+            return self.surface
+        return default_surface(compute_efficiency=self.compute_efficiency,
+                               memory_efficiency=self.memory_efficiency)
+    #: Kubernetes extended resource a pod requests one device of this chip by (HAMi's name
+    #: where HAMi supports the chip, e.g. ``huawei.com/Ascend910B3``); ``none`` for a chip that
+    #: needs no accelerator resource (a CPU); empty: derived from ``vendor`` by the exporter.
+    kubernetes_resource: str = ""
 
     def peak_tflops(self, dtype: str) -> float:
         """Peak dense throughput for the training dtype."""

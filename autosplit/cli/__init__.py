@@ -8,6 +8,8 @@ user never sees a traceback for bad input.
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -54,13 +56,57 @@ def _version() -> None:
     typer.echo(__version__)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from autosplit import __version__
+
+        typer.echo(f"autosplit {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", is_eager=True,
+                                          callback=_print_version,
+                                          help="Print the version and exit.")) -> None:
+    """Automatic parallel-strategy search for heterogeneous accelerator clusters."""
+
+
 _register_commands()
+
+
+def _metavar(param: Any) -> str:
+    """What ``--help`` shows after an option: nothing for a flag, else a plain word."""
+    if getattr(param, "is_flag", False):
+        return ""
+    if param.param_type_name == "argument":
+        return (param.name or "value").upper()
+    bare = param.bare_type() if hasattr(param, "bare_type") else "str"
+    bare = bare.removeprefix("list[").removesuffix("]")
+    words = {"int": "INTEGER", "float": "NUMBER", "Path": "PATH", "bool": "BOOLEAN"}
+    return next((w for k, w in words.items() if k in bare), "TEXT")
+
+
+def _plain_metavars(command: Any) -> None:
+    """``--help`` without placeholders such as ``<bool>`` or ``<list[Path]>``: each option
+    names the kind of value it takes (``PATH``, ``NUMBER``), a flag nothing."""
+    help_option = None
+    if hasattr(command, "get_help_option"):
+        help_option = command.get_help_option(SimpleNamespace(help_option_names=["--help"]))
+    for param in (*command.params, *([help_option] if help_option else [])):
+        if param.metavar is None:
+            param.metavar = _metavar(param)
+        if param.param_type_name == "argument":  # its name already says what it is
+            param.display_type_rich = lambda ctx: ""
+    for sub in getattr(command, "commands", {}).values():
+        _plain_metavars(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
+    command = typer.main.get_command(app)
+    _plain_metavars(command)
     try:
-        app(args=argv, prog_name="autosplit")
+        command.main(args=argv, prog_name="autosplit")
     except AutosplitError as exc:
         _err.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
         return exc.exit_code

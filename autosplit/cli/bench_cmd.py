@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from autosplit.cli.clock import process_elapsed
+from autosplit.cli.outputs import check_output_file, write_output
+from autosplit.cli.progress import reporter
 from autosplit.errors import BadInputError
+
+if TYPE_CHECKING:  # imported when the command runs: `autosplit --help` stays fast
+    from autosplit.bench.suite import Suite
 
 __all__ = ["register"]
 
@@ -43,14 +50,15 @@ def bench(
     became more than 2× slower relative to the reference case (docs/bench.md).
     """
     from autosplit.bench.check import EXIT_REGRESSION, compare, read_baseline
-    from autosplit.bench.runner import results_frame, run_suite
     from autosplit.bench.suite import load_suite
     from autosplit.bench.table import to_csv, to_markdown
-    from autosplit.plan.io import atomic_write_text
-
     if update and check is None:
         raise BadInputError("--update rewrites the baseline named by --check", field="--update",
                             fix="pass --check experiments/bench/baseline.csv --update")
+    outputs = {"--output": check_output_file(output, option="--output"),
+               "--markdown": check_output_file(markdown, option="--markdown")}
+    if update and check is not None:
+        check_output_file(check, option="--check", allow_stdout=False)
     spec = load_suite(suite)
     names = {c.name for c in spec.cases}
     for k in case:
@@ -58,22 +66,28 @@ def bench(
             raise BadInputError(f"no case named {k!r} in {suite}", field="--case",
                                 fix="use one of: " + ", ".join(sorted(names)))
     baseline = read_baseline(check) if check is not None and not update else None
-    err = Console(stderr=True, quiet=quiet)
+    # After the checks: the runner imports PyTorch (for ingestion), seconds on a small machine.
+    from autosplit.bench.runner import results_frame, run_suite
+
+    progress = reporter(quiet=quiet)
     t0 = time.perf_counter()
-    with err.status("benchmarking…") as status:
-        results = run_suite(spec, only=tuple(case),
-                            progress=lambda name: status.update(f"benchmarking {name}…"))
+    total = len(set(case) | {spec.reference}) if case else len(spec.cases)
+    with progress.phase("checking the model files"):
+        _vet_models(spec, only=tuple(case))
+    with progress.phase(f"benchmarking {total} case(s)") as shown:
+        results = run_suite(spec, only=tuple(case), progress=lambda name: shown.update(
+            f"case {shown.updates + 1} of {total}: {name}"))
     df = results_frame(results)
-    if output:
-        atomic_write_text(output, to_csv(df))
-    if markdown:
-        atomic_write_text(markdown, to_markdown(df))
-    out = Console(width=max(Console().width, 150))
+    to_stdout = any(o is not None and o.to_stdout for o in outputs.values())
+    for option, render in (("--output", to_csv), ("--markdown", to_markdown)):
+        if outputs[option] is not None:
+            write_output(outputs[option], render(df))
+    out = Console(width=max(Console().width, 150), stderr=to_stdout)
     out.print(_table(df))
-    out.print(f"[dim]{len(df)} cases in {time.perf_counter() - t0:.1f} s; reference case "
-              f"{spec.reference}[/]")
+    out.print(f"[dim]{len(df)} cases in {time.perf_counter() - t0:.1f} s ({process_elapsed()}); "
+              f"reference case {spec.reference}[/]")
     if update and check is not None:
-        atomic_write_text(check, to_csv(df))
+        write_output(check_output_file(check, option="--check"), to_csv(df))
         out.print(f"baseline written to [bold]{check}[/]")
         return
     if baseline is None:
@@ -89,6 +103,24 @@ def bench(
                   f"{check}")
         raise typer.Exit(EXIT_REGRESSION)
     out.print(f"[green]bench check passed[/] against {check}")
+
+
+def _vet_models(spec: Suite, *, only: tuple[str, ...]) -> None:
+    """Ingest each model of the cases to run once in a child process (cached): the suite
+    runner imports model files in-process, where one that exits at import ended the whole
+    bench with exit 0 and no table; here it is reported (exit 2) before any case runs."""
+    from autosplit.model.cache import ingest_model_cached
+
+    seen: set[tuple] = set()
+    for c in spec.cases:
+        if only and c.name not in only and c.name != spec.reference:
+            continue
+        key = (str(c.model), tuple(sorted(c.model_args.items())), c.training.seq_len,
+               c.training.dtype)
+        if key not in seen:
+            seen.add(key)
+            ingest_model_cached(str(c.model), model_args=c.model_args,
+                                seq_len=c.training.seq_len, dtype=c.training.dtype)
 
 
 #: The columns shown in the terminal (the Markdown and CSV files have them all).

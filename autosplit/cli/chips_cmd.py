@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -33,34 +34,33 @@ def chip_to_json(chip: ChipSpec) -> dict[str, Any]:
     return data
 
 
-def _table(chips: dict[str, ChipSpec]) -> Table:
-    table = Table(title=f"Chip library ({len(chips)} chips)", title_justify="left")
-    table.add_column("chip", style="bold", no_wrap=True)
-    table.add_column("vendor", no_wrap=True)
-    table.add_column("BF16 TFLOPS", justify="right")
-    table.add_column("BF16 conf.", no_wrap=True)
-    table.add_column("mem GB", justify="right")
-    table.add_column("mem GB/s", justify="right")
-    table.add_column("intra-node link (GB/s/dir)", no_wrap=True)
-    table.add_column("collectives", no_wrap=True)
-    table.add_column("eff.", justify="right")
-    table.add_column("lowest conf.", no_wrap=True)
+#: Below this width the vendor and collective-library columns are left out (``--json`` and
+#: a wider terminal show them), so the table stays readable at 80 columns.
+_WIDE = 100
+
+
+def _table(chips: dict[str, ChipSpec], *, width: int) -> Table:
+    wide = width >= _WIDE
+    table = Table(title=f"Chip library ({len(chips)} chips)", title_justify="left",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    columns = [("chip", "left"), *([("vendor", "left")] if wide else []),
+               ("BF16 TF", "right"), ("conf.", "left"), ("GB", "right"), ("GB/s", "right"),
+               ("link GB/s", "left"), *([("library", "left")] if wide else []),
+               ("eff.", "right"), ("lowest", "left")]
+    for header, justify in columns:
+        table.add_column(header, justify=justify,  # type: ignore[arg-type]
+                         no_wrap=header != "link GB/s", overflow="fold",
+                         min_width=11 if header == "link GB/s" else None,
+                         style="bold" if header == "chip" else None)
     for chip in chips.values():
-        conf = chip.lowest_confidence
         bf16 = chip.provenance.get("tflops_bf16")
-        bf16_conf = bf16.confidence if bf16 else "low"
-        table.add_row(
-            chip.name,
-            chip.vendor,
-            f"{chip.tflops_bf16:g}",
-            _styled(bf16_conf),
-            f"{chip.memory_gb:g}",
-            f"{chip.memory_bw_gbs:g}",
-            f"{chip.intra_node_link} {chip.intra_node_bw_gbs:g}",
-            chip.collective_library,
-            f"{chip.compute_efficiency:.2f}",
-            _styled(conf),
-        )
+        cells = {"chip": chip.name, "vendor": chip.vendor, "BF16 TF": f"{chip.tflops_bf16:g}",
+                 "conf.": _styled(bf16.confidence if bf16 else "low"),
+                 "GB": f"{chip.memory_gb:g}", "GB/s": f"{chip.memory_bw_gbs:g}",
+                 "link GB/s": f"{chip.intra_node_link} {chip.intra_node_bw_gbs:g}",
+                 "library": chip.collective_library, "eff.": f"{chip.compute_efficiency:.2f}",
+                 "lowest": _styled(chip.lowest_confidence)}
+        table.add_row(*(cells[h] for h, _ in columns))
     return table
 
 
@@ -81,9 +81,11 @@ def _chips(
         typer.echo(json.dumps([chip_to_json(c) for c in chips.values()], indent=2))
         return
     console = Console()
-    console.print(_table(chips))
-    console.print("Figures are dense peaks; bandwidths are per direction. "
-                  "Sources and confidence per figure: `autosplit chips --json`, docs/chips.md.")
+    console.print(_table(chips, width=console.width))
+    console.print("BF16 TF: dense peak TFLOPS (conf.: its confidence); GB, GB/s: memory and its "
+                  "bandwidth; link: intra-node, per direction; lowest: the least certain "
+                  "figure (100 columns add vendor and library). Sources per figure: "
+                  "`autosplit chips --json`, docs/chips.md.")
 
 
 def register(app: typer.Typer) -> None:

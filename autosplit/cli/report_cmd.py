@@ -14,6 +14,12 @@ import typer
 from rich.console import Console
 
 from autosplit.cli._common import parse_model_args
+from autosplit.cli.outputs import (
+    OutputFile,
+    check_output_file,
+    check_output_folder,
+    write_output,
+)
 from autosplit.errors import BadInputError
 from autosplit.plan.schema import Plan
 
@@ -54,7 +60,8 @@ def _baselines(plan: Plan, *, plan_file: Path, model: str | None, cluster: str |
 def report(
     plan_file: Path = typer.Argument(..., help="Plan JSON (from `autosplit search -o`)."),
     output: Path | None = typer.Option(None, "--output", "-o",
-                                       help="HTML file to write (default: PLAN with .html)."),
+                                       help="HTML file to write (default: PLAN with .html; - for "
+                                            "stdout)."),
     measured: Path | None = typer.Option(None, "--measured",
                                          help="Measured-run JSON (step_time_s, per_rank)."),
     png_dir: Path | None = typer.Option(None, "--png-dir",
@@ -71,11 +78,13 @@ def report(
 ) -> None:
     """Write a self-contained HTML report of PLAN (works offline, no scripts)."""
     from autosplit.plan.io import load_plan
-    from autosplit.report import write_report
     from autosplit.report.measured import load_measured
     from autosplit.report.static import write_static_charts
 
     console = Console(stderr=True)
+    target_out = check_output_file(output or plan_file.with_suffix(".html"), option="--output")
+    folders = {"--png-dir": check_output_folder(png_dir, option="--png-dir"),
+               "--svg-dir": check_output_folder(svg_dir, option="--svg-dir")}
     plan = load_plan(plan_file)
     run = load_measured(measured) if measured else None
     args = parse_model_args(model_arg) if model_arg else None
@@ -87,15 +96,9 @@ def report(
                                                cluster=cluster, model_args=args)
         if note:
             console.print(f"[yellow]note:[/] {note}", highlight=False)
-    target = output or plan_file.with_suffix(".html")
-    try:
-        write_report(plan, target, baselines=baselines, measured=run, baseline_note=note)
-    except OSError as exc:
-        raise BadInputError(f"cannot write the report: {exc.strerror or exc}", file=str(target),
-                            fix="pass -o with a writable file path") from exc
-    out = Console()
-    out.print(f"report written to [bold]{target}[/]", highlight=False)
-    for folder, png in ((png_dir, True), (svg_dir, False)):
+    out = Console(stderr=target_out.to_stdout)
+    charts = []
+    for folder, png in ((folders["--png-dir"], True), (folders["--svg-dir"], False)):
         if folder is None:
             continue
         try:
@@ -103,10 +106,27 @@ def report(
         except OSError as exc:
             raise BadInputError(f"cannot write the charts: {exc.strerror or exc}",
                                 file=str(folder), fix="pass a writable folder") from exc
-        out.print(f"charts written to [bold]{folder}[/]: "
-                  + ", ".join(p.name for p in (*result.svg, *result.png)), highlight=False)
+        charts.append(f"charts written to [bold]{folder}[/]: "
+                      + ", ".join(p.name for p in (*result.svg, *result.png)))
         if png and result.png_note:
             console.print(f"[yellow]note:[/] {result.png_note}", highlight=False)
+    _write_page(plan, target_out, baselines=baselines, measured=run, note=note)
+    out.print(f"report written to [bold]{target_out}[/]", highlight=False)
+    for line in charts:
+        out.print(line, highlight=False)
+
+
+def _write_page(plan: Plan, out: OutputFile, *, baselines: list[tuple[str, Plan]],
+                measured: object, note: str) -> None:
+    """The HTML page, last (after the charts), so a failure leaves no page behind."""
+    from autosplit.report import render_report
+
+    try:
+        html = render_report(plan, baselines=baselines, measured=measured, baseline_note=note)
+        write_output(out, html)
+    except OSError as exc:
+        raise BadInputError(f"cannot write the report: {exc.strerror or exc}", file=str(out),
+                            fix="pass -o with a writable file path") from exc
 
 
 def register(app: typer.Typer) -> None:

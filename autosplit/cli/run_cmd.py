@@ -7,14 +7,27 @@ import json
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from autosplit.cli._common import parse_model_args
+from autosplit.cli.outputs import check_output_file, write_output
+from autosplit.cli.ranges import Range, check_ranges
 from autosplit.errors import BadInputError
 from autosplit.runtime.config import DEFAULT_GRAD_CLIP, DEFAULT_LR
 
-__all__ = ["register"]
+__all__ = ["register", "RUN_RANGES"]
+
+#: The ranges of ``autosplit run``'s numeric options.
+RUN_RANGES: dict[str, Range] = {
+    "--steps": Range(1, 1_000_000, "10"),
+    "--warmup": Range(0, 1_000_000, "3"),
+    "--seed": Range(0, 2**63 - 1, "0"),
+    "--timeout": Range(0, 604_800, "600", low_open=True),
+    "--lr": Range(0, 10, "3e-4", low_open=True),
+    "--grad-clip": Range(0, 1e6, "1.0 (or 0: no clipping)"),
+}
 
 
 def _parse_cuda_devices(text: str) -> tuple[int, ...]:
@@ -96,10 +109,17 @@ def run(
                                      help="Save each stage's parameters here after the run."),
 ) -> None:
     """Train PLAN for a few steps on synthetic data and measure it."""
-    from autosplit.plan.io import load_plan
+    check_ranges({"--steps": steps, "--warmup": warmup, "--seed": seed, "--lr": lr,
+                  "--grad-clip": grad_clip, **({"--timeout": timeout} if timeout is not None
+                                               else {})}, RUN_RANGES)
+    check_output_file(output, option="--output", allow_stdout=False)
+    # After the checks: importing the runtime imports PyTorch, seconds on a small machine.
+    from autosplit.plan.io import load_plan, plan_sources
     from autosplit.runtime.launch import RunRequest, launch, prepare_run, under_torchrun
 
-    model_path = str(model) if model else load_plan(plan_file).model.source_file
+
+    model_path = str(model) if model else plan_sources(load_plan(plan_file),
+                                                       plan_file).model_file
     request = RunRequest(
         plan_path=str(plan_file), model_path=model_path,
         model_args=parse_model_args(model_arg), steps=steps, warmup=warmup, device=device,
@@ -122,11 +142,11 @@ def run(
         typer.echo(json.dumps(measured.to_dict(), indent=2, sort_keys=True))
         return
     table = Table(title="measured run")
-    for col in ("rank", "stage", "device", "params", "peak memory GB"):
+    for col in ("rank", "stage", "replica", "tp", "device", "params", "peak memory GB"):
         table.add_column(col)
     for r in measured.ranks:
-        table.add_row(str(r.rank), str(r.stage), r.device_name, f"{r.params:,}",
-                      _gb(r.peak_memory_bytes))
+        table.add_row(str(r.rank), str(r.stage), str(r.replica), str(r.tp_index),
+                      r.device_name, f"{r.params:,}", _gb(r.peak_memory_bytes))
     console.print(table)
     for r in measured.ranks:
         for note in r.notes:
@@ -149,31 +169,38 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="Print the comparison JSON."),
 ) -> None:
     """Compare PLAN's predicted iteration time and memory with a measured run."""
-    from autosplit.plan.io import atomic_write_text, load_plan
+    from autosplit.inputs.files import check_input_file
+    from autosplit.plan.io import load_plan
     from autosplit.runtime.measure import load_measured
     from autosplit.runtime.validate import compare
 
+    out = check_output_file(output, option="--output")
+    as_json = as_json or bool(out and out.to_stdout)
     plan = load_plan(plan_file)
+    check_input_file(measured_file, what="measured-run file")
     measured = load_measured(str(measured_file))
     result = compare(plan, measured, plan_path=str(plan_file),
                      measured_path=str(measured_file))
     text = json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n"
-    if output:
-        atomic_write_text(output, text)
+    if out and out.path is not None:
+        write_output(out, text)
     if as_json:
         typer.echo(text, nl=False)
         return
     console = Console()
     table = Table(title=f"predicted vs measured ({result.device}, {result.backend}"
-                        f"{', CPU relay' if result.cpu_relay else ''})")
-    for col in ("stage", "chip", "ranks", "pred. memory GB", "meas. memory GB",
-                "memory error", "pred. compute ms", "meas. compute ms", "compute error"):
-        table.add_column(col)
+                        f"{', CPU relay' if result.cpu_relay else ''})",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    # Predicted and measured side by side in one cell each: readable at 80 columns.
+    for col in ("stage", "chip", "ranks", "memory GB pred. / meas.", "error",
+                "compute ms pred. / meas.", "error"):
+        table.add_column(col, justify="left" if col in ("chip", "ranks") else "right")
     for s in result.stages:
         table.add_row(str(s.stage), s.chip, ",".join(map(str, s.ranks)),
-                      _gb(s.predicted_memory_bytes), _gb(s.measured_memory_bytes),
-                      _pct(s.memory_error_pct), _ms(s.predicted_compute_s),
-                      _ms(s.measured_compute_s), _pct(s.compute_error_pct))
+                      f"{_gb(s.predicted_memory_bytes)} / {_gb(s.measured_memory_bytes)}",
+                      _pct(s.memory_error_pct),
+                      f"{_ms(s.predicted_compute_s)} / {_ms(s.measured_compute_s)}",
+                      _pct(s.compute_error_pct))
     console.print(table)
     console.print(
         f"iteration: predicted {result.predicted_iteration_s * 1e3:.1f} ms, measured "
@@ -181,8 +208,8 @@ def validate(
         f"error {_pct(result.iteration_error_pct)}")
     console.print(f"tokens/s: predicted {result.predicted_tokens_per_s:,.0f}, measured "
                   f"{result.measured_tokens_per_s:,.0f}")
-    if output:
-        console.print(f"written to {output}")
+    if out:
+        console.print(f"written to {out}")
 
 
 def register(app: typer.Typer) -> None:

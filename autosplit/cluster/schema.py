@@ -54,6 +54,8 @@ class Node:
     memory_gb: float | None = None
     #: Per-direction host↔device bandwidth; ``None`` uses the chip's figure.
     host_bw_gbs: float | None = None
+    #: Fixed cost of one intra-node message (α), from the chip's ``intra_node_latency_us``.
+    intra_latency_s: float = 5e-6
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,11 @@ class Cluster:
     relay_pipelined: bool = False
     source_file: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    #: Hash of the cluster file's content: a plan records it to recognise its cluster.
+    fingerprint: str = ""
+    #: Chip directories given besides the file's own ``chip_dirs`` (``--chips-dir``): chip
+    #: files and measured profiles were looked up there too, so a plan records them.
+    chip_dirs: tuple[str, ...] = ()
 
     # ---- lookups -----------------------------------------------------------------------
 
@@ -170,7 +177,7 @@ class Cluster:
         ``relay_pipelined``, overlap so the slowest bounds the bandwidth; each message pays the
         staging latency)."""
         if node_a.name == node_b.name:
-            return Link("intra_node", node_a.intra_bw_gbs, 5e-6)
+            return Link("intra_node", node_a.intra_bw_gbs, node_a.intra_latency_s)
         net_bw = min(node_a.nic_bw_gbs, node_b.nic_bw_gbs)
         vl = self._vendor_link(node_a.chip, node_b.chip)
         named = vl is not None and {vl.a.lower(), vl.b.lower()} == {

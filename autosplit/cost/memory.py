@@ -1,9 +1,21 @@
 """Per-device memory of a pipeline stage.
 
-Why position matters: under 1F1B, stage ``s`` of ``p`` starts ``min(p − s, m)`` forwards before
-its first backward, so it keeps that many micro-batches of activations alive (Narayanan et al.
-2021, "Efficient Large-Scale Language Model Training on GPU Clusters"); GPipe keeps all ``m``.
-Early stages therefore need more memory than late ones for the same layers.
+Why position matters: a stage keeps the activations of every micro-batch whose forward it has
+run and whose backward it has not, and how many that is depends on the schedule and on the
+stage's place in it (``Schedule.in_flight``, counted on the schedule's own order of passes):
+
+- 1F1B: stage ``s`` of ``p`` starts ``min(p − s, m)`` forwards before its first backward
+  (Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU Clusters");
+  GPipe keeps all ``m``. Early stages need more memory than late ones for the same layers.
+- Interleaved 1F1B: counted per chunk (each chunk holds its own units' activations). In the
+  order PyTorch and Megatron run, the first rank holds ``(v − 1)·p + 2p − 1`` chunk-sized
+  micro-batches, i.e. ``p·(1 + (p − 1)/(p·v))`` stage-sized ones against 1F1B's ``p``
+  (for ``m ≥ p``; Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
+  Transformer Models", section 4.2.3; Narayanan et al. 2021 for the schedule).
+- Zero bubble (ZB-H1, ZBV): the weight-gradient pass still reads the saved inputs, so a
+  micro-batch counts until its W pass; every ZB-H1 rank then holds ``min(p, m)`` and ZBV's
+  two chunks together ``2p`` chunk-sized (``p`` stage-sized) micro-batches: the ``p·M_B``
+  peak of Qi et al. 2023, "Zero Bubble Pipeline Parallelism".
 
 Static memory per parameter (mixed-precision Adam, Rajbhandari et al. 2020, ZeRO): weights and
 gradients in the training dtype, plus fp32 master weights, m and v (12 bytes), which ZeRO-1
@@ -15,16 +27,16 @@ recomputes it for the backward.
 from __future__ import annotations
 
 from autosplit.config import TrainingConfig
+from autosplit.cost.schedule import get_schedule
 
 __all__ = ["in_flight_micro_batches", "static_bytes_per_param", "optimizer_bytes_per_param"]
 
 
 def in_flight_micro_batches(*, schedule: str, stage: int, num_stages: int,
-                            micro_batches: int) -> int:
-    """Micro-batches whose activations a stage holds at its peak."""
-    if schedule == "gpipe":
-        return micro_batches
-    return min(num_stages - stage, micro_batches)
+                            micro_batches: int, virtual_stages: int = 1) -> int:
+    """Micro-batches whose activations a (virtual) stage holds at its peak."""
+    return get_schedule(schedule, virtual_stages=virtual_stages).in_flight(
+        stage, num_stages, micro_batches)
 
 
 def static_bytes_per_param(training: TrainingConfig) -> float:

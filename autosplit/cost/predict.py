@@ -1,22 +1,28 @@
 """Turn a fully specified pipeline (stages with layer ranges) into a ``Prediction``.
 
 Shared by the search (to report the plan it picked) and by ``autosplit evaluate`` (to
-re-cost any plan), so both always agree.
+re-cost any plan), so both always agree. The pipeline time, the bubble and the iteration come
+from the event simulation of the plan's schedule (``cost.schedule_sim``), the one definition
+the report draws too; ``iteration_time`` is the closed form the search ranks candidates by
+(``cost.pipeline``: exact for GPipe and 1F1B with equal stages, see docs/cost-model.md §4).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from autosplit.cluster.schema import Cluster
 from autosplit.config import TrainingConfig
 from autosplit.cost.memory import optimizer_bytes_per_param, static_bytes_per_param
 from autosplit.cost.pipeline import pipeline_time, tail_time
+from autosplit.cost.schedule import WEIGHT_GRAD_SHARE, get_schedule
+from autosplit.cost.schedule_sim import stage_times_from_prediction
 from autosplit.cost.stage import (
     StageContext,
-    _lane_busy,
+    backward_time,
     boundary_p2p,
+    compute_time,
     lane_memory,
     range_busy,
     range_tail,
@@ -50,16 +56,18 @@ class _Parts:
     dp: list[float]
     opt: list[float]
     bwd: list[float]
+    in_flight: list[int]
 
     def pipeline(self, micro_batches: int) -> float:
-        return pipeline_time(self.busy, micro_batches=micro_batches, p2p=self.fill)
+        return pipeline_time(self.busy, micro_batches=micro_batches, p2p=self.fill,
+                             in_flight=self.in_flight)
 
     def tail(self) -> float:
         return tail_time(dp_s=self.dp, opt_s=self.opt, bwd_s=self.bwd)
 
 
 def _parts(stages: Sequence[StageAssignment]) -> _Parts:
-    parts = _Parts([], [], [], [], [])
+    parts = _Parts([], [], [], [], [], [])
     for st in stages:
         parts.busy.append(_float(range_busy(st.ctx, st.start, st.end, st.recompute)))
         parts.fill.append(0.0 if StageContext.blocking(st.ctx.link_out)
@@ -68,6 +76,7 @@ def _parts(stages: Sequence[StageAssignment]) -> _Parts:
         parts.dp.append(_float(d))
         parts.opt.append(_float(o))
         parts.bwd.append(_bwd_part(st))
+        parts.in_flight.append(st.ctx.in_flight)
     return parts
 
 
@@ -78,12 +87,10 @@ def iteration_time(stages: Sequence[StageAssignment], *, micro_batches: int) -> 
 
 
 def _bwd_part(st: StageAssignment) -> float:
-    t = st.ctx.tables
-    i, j = st.start, st.end
-    b = (t.bwd[j] - t.bwd[i]) + (t.tpc[j] - t.tpc[i]) / 2
-    if st.recompute:
-        b += t.rec[j] - t.rec[i]
-    return float(b)
+    """The stage's backward (and recompute) time per micro-batch on its slowest lane: what
+    later stages' tails can hide behind (a mixed stage is as slow as its slowest chip)."""
+    return float(max(backward_time(lane.tables, st.start, st.end, st.recompute)
+                     for lane in st.ctx.all_lanes()))
 
 
 def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: ModelProfile,
@@ -93,6 +100,7 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
     ``peak_flops`` is the summed dense peak of the devices the plan uses; MFU counts model
     FLOPs only (recomputation excluded), as in Chowdhery et al. 2022 (PaLM).
     """
+    schedule = get_schedule(training.schedule, virtual_stages=training.virtual_stages)
     preds: list[StagePrediction] = []
     parts = _parts(stages)
     for k, st in enumerate(stages):
@@ -111,11 +119,12 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
         assert abs(weights + grads + optim - float(static)) < 1e-3 * max(1.0, float(static))
         # Times of the slowest lane (the one that paces the stage).
         t = max((ln.tables for ln in c.all_lanes()),
-                key=lambda tb: float(_lane_busy(tb, i, j, st.recompute)))
+                key=lambda tb: float(compute_time(tb, i, j, st.recompute)))
+        bwd = float(t.bwd[j] - t.bwd[i])
         preds.append(StagePrediction(
             index=c.index,
             fwd_s=float(t.fwd[j] - t.fwd[i]),
-            bwd_s=float(t.bwd[j] - t.bwd[i]),
+            bwd_s=bwd,
             recompute_s=float(t.rec[j] - t.rec[i]) if st.recompute else 0.0,
             tp_comm_s=float(t.tpc[j] - t.tpc[i]),
             p2p_in_s=p2p_in,
@@ -129,22 +138,26 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
                 capacity=lane.capacity + training.memory_reserve_gb * 1e9,
             ),
             in_flight=c.in_flight,
+            bwd_weight_s=WEIGHT_GRAD_SHARE * bwd,
+            blocking_out=StageContext.blocking(c.link_out),
         ))
+    if schedule.virtual_stages > 1:
+        preds = _rank_memory(preds, [schedule.rank_of(s, schedule.num_ranks(len(preds)))
+                                     for s in range(len(preds))])
     busy_l, dp_l, opt_l = parts.busy, parts.dp, parts.opt
-    pipe = parts.pipeline(micro_batches)
-    total = pipe + parts.tail()
+    sim = schedule.simulate(stage_times_from_prediction(preds), micro_batches)
+    total = sim.makespan_s
     samples = training.global_batch
     tokens = samples * model.tokens_per_sample
     model_flops = model.flops_per_sample * samples
     bottleneck = max(range(len(busy_l)), key=lambda k: busy_l[k]) if busy_l else 0
-    ideal = sum(busy_l) / max(len(busy_l), 1) * micro_batches
     return Prediction(
         iteration_s=total,
         tokens_per_s=tokens / total if total > 0 else 0.0,
         samples_per_s=samples / total if total > 0 else 0.0,
         mfu=model_flops / (total * peak_flops) if total > 0 and peak_flops > 0 else 0.0,
-        pipeline_s=pipe,
-        bubble_s=max(pipe - ideal, 0.0),
+        pipeline_s=sim.pipeline_s,
+        bubble_s=sim.bubble_s,
         dp_sync_s=max(dp_l) if dp_l else 0.0,
         optimizer_s=max(opt_l) if opt_l else 0.0,
         bottleneck_stage=bottleneck,
@@ -152,12 +165,33 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
     )
 
 
+def _rank_memory(preds: list[StagePrediction], ranks: Sequence[int]) -> list[StagePrediction]:
+    """Give each virtual stage the memory of its rank's devices, which hold every chunk of
+    the rank: the chunks' weights, gradients, optimizer states and in-flight activations add
+    up (each chunk's backward working set is counted too, an upper bound by at most
+    ``v − 1`` units' working sets)."""
+    total: dict[int, MemoryBreakdown] = {}
+    for sp, r in zip(preds, ranks, strict=True):
+        mem = sp.memory
+        acc = total.get(r)
+        total[r] = mem if acc is None else replace(
+            acc, weights=acc.weights + mem.weights, gradients=acc.gradients + mem.gradients,
+            optimizer=acc.optimizer + mem.optimizer,
+            activations=acc.activations + mem.activations)
+    return [replace(sp, memory=total[r]) for sp, r in zip(preds, ranks, strict=True)]
+
+
 def peak_flops_of(stages: Sequence[StageAssignment], cluster: Cluster, dtype: str) -> float:
     """Summed dense peak FLOP/s of the devices the stages use (the MFU denominator); each
-    replica counts at its own chip's peak, which differs between replicas of a mixed stage."""
+    replica counts at its own chip's peak, which differs between replicas of a mixed stage.
+    The virtual stages of one rank share its devices, which count once."""
     total = 0.0
+    seen: set[tuple[str, tuple[int, ...]]] = set()
     for st in stages:
         for rep in st.ctx.shape.replicas:
+            if (rep.node, rep.local_indices) in seen:
+                continue
+            seen.add((rep.node, rep.local_indices))
             chip = cluster.chips[rep.chip or st.ctx.shape.chip]
             total += chip.peak_tflops(dtype) * 1e12 * st.ctx.shape.tp
     return total

@@ -16,14 +16,15 @@ import numpy as np
 from autosplit.chips.spec import ChipSpec
 from autosplit.cluster.schema import Cluster, Link, Node
 from autosplit.config import TrainingConfig
-from autosplit.cost.comm import INTRA_NODE_LATENCY_S, allreduce_time, group_bandwidth
+from autosplit.cost.comm import allreduce_time, exposed_grad_reduce, group_bandwidth
 from autosplit.cost.memory import optimizer_bytes_per_param, static_bytes_per_param
 from autosplit.model.types import ModelProfile
 from autosplit.plan.schema import Replica
-from autosplit.protocols.cost import LayerCostProvider
+from autosplit.protocols.cost import LayerCostProvider, LayerTiming
 
 __all__ = ["StageShape", "StageTables", "StageContext", "Lane", "build_tables", "range_busy",
-           "range_memory", "range_tail", "boundary_p2p", "OPTIMIZER_BYTES_MOVED"]
+           "range_memory", "range_tail", "boundary_p2p", "OPTIMIZER_BYTES_MOVED",
+           "compute_time", "backward_time", "memory_terms", "tail_terms"]
 
 #: Bytes an Adam step moves per parameter held on the device (read weight, grad, fp32 master,
 #: m, v; write all but the grad) — the step is memory-bound.
@@ -114,8 +115,12 @@ def build_tables(*, model: ModelProfile, chip: ChipSpec, node: Node, tp: int, sh
     # activation gradients are of that size).
     work = np.array([layer.activation_bytes for layer in model.layers], dtype=float)
     work_rc = work.copy()
-    for k, layer in enumerate(model.layers):
-        t = costs.layer_timing(layer, chip, micro_batch=share, tp=tp, dtype=dtype)
+    timings: dict[int, LayerTiming] = {}  # alike units are priced once
+    for k, (layer, alike) in enumerate(zip(model.layers, model.first_alike, strict=True)):
+        t = timings.get(alike)
+        if t is None:
+            t = timings[alike] = costs.layer_timing(layer, chip, micro_batch=share, tp=tp,
+                                                    dtype=dtype)
         fwd[k], bwd[k], rec[k] = t.fwd_s, t.bwd_s, t.recompute_s
         sources.append(t.source)
         if t.backward_extra_bytes is not None and share > 0:
@@ -123,7 +128,7 @@ def build_tables(*, model: ModelProfile, chip: ChipSpec, node: Node, tp: int, sh
             work_rc[k] = work[k] + layer.activation_bytes
         if tp > 1:
             one = allreduce_time(layer.output_bytes * share, tp, bw_gbs=node.intra_bw_gbs,
-                                 latency_s=INTRA_NODE_LATENCY_S)
+                                 latency_s=node.intra_latency_s)
             tpc[k] = 2 * layer.tp_collectives * one  # forward and backward
     params = np.array([layer.params for layer in model.layers], dtype=float)
     act = np.array([layer.activation_bytes for layer in model.layers], dtype=float)
@@ -208,18 +213,21 @@ def _transfer(ctx: StageContext, link: Link | None, boundary, share: int):
     return np.where(nbytes > 0, link.latency_s + nbytes / (link.bw_gbs * 1e9), 0.0)
 
 
-def _lane_busy(t: StageTables, i, j, recompute):
+def compute_time(t: StageTables, i, j, recompute):
+    """Per-micro-batch compute of units ``[i, j)`` on one lane: forward + backward + TP
+    all-reduces (+ the recomputed forward); no transfers. Scalars or broadcast arrays."""
     busy = (t.fwd[j] - t.fwd[i]) + (t.bwd[j] - t.bwd[i]) + (t.tpc[j] - t.tpc[i])
     return busy + np.where(recompute, t.rec[j] - t.rec[i], 0.0)
+
 
 
 def range_busy(ctx: StageContext, i, j, recompute):
     """Busy time per micro-batch of units ``[i, j)``: forward + backward (+ recompute) +
     TP all-reduces on the slowest lane + transfers over blocking links (activation in, its
     gradient out, and the same towards the next stage)."""
-    busy = _lane_busy(ctx.tables, i, j, recompute)
+    busy = compute_time(ctx.tables, i, j, recompute)
     for lane in ctx.lanes[1:]:
-        busy = np.maximum(busy, _lane_busy(lane.tables, i, j, recompute))
+        busy = np.maximum(busy, compute_time(lane.tables, i, j, recompute))
     if StageContext.blocking(ctx.link_in):
         busy = busy + 2.0 * _p2p_in(ctx, i)
     if StageContext.blocking(ctx.link_out):
@@ -227,23 +235,45 @@ def range_busy(ctx: StageContext, i, j, recompute):
     return busy
 
 
-def _lane_memory(ctx: StageContext, lane: Lane, i, j, recompute):
-    t = lane.tables
-    tr = ctx.training
-    tp = ctx.shape.tp
+def backward_time(t: StageTables, i, j, recompute):
+    """Per-micro-batch backward of units ``[i, j)`` on one lane (half the TP all-reduces, and
+    the recomputed forward): the part of a stage's time a later stage's tail can hide behind.
+    Scalars or broadcast arrays."""
+    b = (t.bwd[j] - t.bwd[i]) + (t.tpc[j] - t.tpc[i]) / 2
+    return b + np.where(recompute, t.rec[j] - t.rec[i], 0.0)
+
+
+def memory_terms(t: StageTables, *, tp: int, dp: int, share: int, training: TrainingConfig,
+                 i, j, recompute: bool):
+    """Per-device bytes of units ``[i, j)`` on one lane as ``(static, per_in_flight, work)``:
+    the peak is ``static + in_flight · per_in_flight + work``.
+
+    Split this way because the pipeline position only scales the middle term, so the search
+    can price a range once and check it at every position. While a unit runs its backward, its
+    gradient buffers and temporaries exist beside everything in flight (measured by the layer
+    profiles as the peak of the backward above what the unit saved; else taken as the size of
+    what it saved); with recomputation the unit's recomputed activations do too. One unit's
+    worth — the largest of the range — is the working set."""
     params = (t.params[j] - t.params[i]) / tp
-    static = params * (static_bytes_per_param(tr) + optimizer_bytes_per_param(tr, dp=ctx.shape.dp))
-    share = lane.share
-    # While a unit runs its backward, its gradient buffers and temporaries exist beside
-    # everything in flight (measured by the layer profiles as the peak of the backward above
-    # what the unit saved; else taken as the size of what it saved); with recomputation the
-    # unit's recomputed activations do too. One unit's worth — the largest of the range — is
-    # the working set.
-    full = (ctx.in_flight * share * (t.act[j] - t.act[i]) / tp
-            + share * t.range_working_set(i, j, False) / tp)
-    kept = (ctx.in_flight * share * (t.inp[j] - t.inp[i]) / tp
-            + share * t.range_working_set(i, j, True) / tp)
-    return static, np.where(recompute, kept, full)
+    static = params * (static_bytes_per_param(training)
+                       + optimizer_bytes_per_param(training, dp=dp))
+    kept = t.inp if recompute else t.act
+    per_in_flight = share * (kept[j] - kept[i]) / tp
+    work = share * t.range_working_set(i, j, recompute) / tp
+    return static, per_in_flight, work
+
+
+def _lane_memory(ctx: StageContext, lane: Lane, i, j, recompute):
+    def act(rc: bool):
+        _, per, work = memory_terms(lane.tables, tp=ctx.shape.tp, dp=ctx.shape.dp,
+                                    share=lane.share, training=ctx.training, i=i, j=j,
+                                    recompute=rc)
+        return ctx.in_flight * per + work
+
+    static, _, _ = memory_terms(lane.tables, tp=ctx.shape.tp, dp=ctx.shape.dp,
+                                share=lane.share, training=ctx.training, i=i, j=j,
+                                recompute=False)
+    return static, np.where(recompute, act(True), act(False))
 
 
 def range_memory(ctx: StageContext, i, j, recompute):
@@ -279,25 +309,40 @@ def lane_memory(ctx: StageContext, i: int, j: int, recompute: bool) -> tuple[Lan
     return worst[1], worst[2], worst[3]
 
 
+def tail_terms(t: StageTables, *, tp: int, dp: int, dp_link: Link, training: TrainingConfig,
+               slowest_bytes_per_s: float, i, j, window_s=0.0):
+    """Data-parallel gradient all-reduce and optimizer step of units ``[i, j)`` after the last
+    backward, as ``(all_reduce_s, optimizer_s)``; ``slowest_bytes_per_s`` is the memory
+    bandwidth of the stage's slowest chip (its step paces the stage). The all-reduce runs in
+    buckets overlapped with the last micro-batch's backward (``window_s``), as
+    ``training.grad_bucket_mb`` and ``training.grad_overlap`` say (``comm.exposed_grad_reduce``);
+    only what is left after that backward is returned."""
+    params = (t.params[j] - t.params[i]) / tp
+    grad_bytes = params * training.dtype_bytes
+    dp_time = np.asarray(exposed_grad_reduce(grad_bytes, dp, link=dp_link,
+                                             bucket_bytes=training.grad_bucket_mb * 1e6,
+                                             overlap=training.grad_overlap,
+                                             window_s=window_s), dtype=float)
+    moved = OPTIMIZER_BYTES_MOVED[training.dtype]
+    if training.zero1 and dp > 1:
+        moved = 2 * training.dtype_bytes + (moved - 2 * training.dtype_bytes) / dp
+    opt_time = params * moved / slowest_bytes_per_s
+    return dp_time, opt_time
+
+
+def overlap_window(t: StageTables, i, j):
+    """The backward the gradient all-reduce of units ``[i, j)`` can hide behind: the stage's
+    last micro-batch's backward without recomputation (the window is no shorter with it), on
+    the lane that sets the stage's tables."""
+    return (t.bwd[j] - t.bwd[i]) if (np.ndim(i) or np.ndim(j)) else float(t.bwd[j] - t.bwd[i])
+
+
 def range_tail(ctx: StageContext, i, j):
     """Data-parallel gradient all-reduce and optimizer step after the last backward."""
-    t = ctx.tables
-    tr = ctx.training
-    params = (t.params[j] - t.params[i]) / ctx.shape.tp
-    grad_bytes = params * tr.dtype_bytes
-    dp = ctx.shape.dp
-    link = ctx.dp_link
-    if dp > 1:  # ring all-reduce, as ``comm.allreduce_time`` (vectorised over ranges)
-        dp_time = np.where(grad_bytes > 0, 2.0 * (dp - 1) / dp * grad_bytes / (link.bw_gbs * 1e9)
-                           + 2.0 * (dp - 1) * link.latency_s, 0.0)
-    else:
-        dp_time = np.zeros_like(np.asarray(grad_bytes, dtype=float))
-    moved = OPTIMIZER_BYTES_MOVED[tr.dtype]
-    if tr.zero1 and dp > 1:
-        moved = 2 * tr.dtype_bytes + (moved - 2 * tr.dtype_bytes) / dp
     slowest_bw = min(lane.chip.achievable_bytes_per_s() for lane in ctx.all_lanes())
-    opt_time = params * moved / slowest_bw
-    return dp_time, opt_time
+    return tail_terms(ctx.tables, tp=ctx.shape.tp, dp=ctx.shape.dp, dp_link=ctx.dp_link,
+                      training=ctx.training, slowest_bytes_per_s=slowest_bw, i=i, j=j,
+                      window_s=overlap_window(ctx.tables, i, j))
 
 
 def lane_groups(cluster: Cluster, shape: StageShape) -> list[tuple[str, Node, int, float]]:
@@ -348,11 +393,12 @@ def make_context(*, cluster: Cluster, shape: StageShape, tables: StageTables, in
         index=index, num_stages=num_stages, shape=shape, tables=tables,
         capacity=capacity,
         in_flight=in_flight_micro_batches(schedule=training.schedule, stage=index,
-                                          num_stages=num_stages, micro_batches=micro_batches),
+                                          num_stages=num_stages, micro_batches=micro_batches,
+                                          virtual_stages=training.virtual_stages),
         dp_link=group_bandwidth(cluster, dp_nodes), link_in=link_in, link_out=link_out,
         share_in=share_in, share_out=share_out, training=training,
         chip=cluster.chips[shape.chip], lanes=lanes,
     )
 
 
-__all__ += ["make_context", "lane_groups", "lane_memory"]
+__all__ += ["make_context", "lane_groups", "lane_memory", "overlap_window"]

@@ -20,8 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from autosplit.cluster.schema import Cluster
+from autosplit.cost.schedule import get_schedule
 from autosplit.errors import BadInputError
 from autosplit.export import TARGETS
+from autosplit.export.schedules import TARGET_SCHEDULES, UNIFORM_TARGETS, schedule_problems
 from autosplit.model.types import ModelProfile
 from autosplit.plan.schema import Plan, Replica, StagePlan
 from autosplit.protocols.cost import LayerCostProvider
@@ -35,15 +37,9 @@ __all__ = [
     "memory_problems",
 ]
 
-#: Targets that take one TP and one DP size for all stages.
-UNIFORM_TARGETS: tuple[str, ...] = ("megatron", "torchtitan", "deepspeed")
-
-#: Pipeline schedules each uniform target can run (plan spelling, ``config.SCHEDULES``).
-TARGET_SCHEDULES: dict[str, tuple[str, ...]] = {
-    "megatron": ("1f1b",),
-    "deepspeed": ("1f1b",),
-    "torchtitan": ("1f1b", "gpipe"),
-}
+# ``UNIFORM_TARGETS`` and ``TARGET_SCHEDULES`` live in ``export.schedules`` (derived from the
+# schedule registry); they are named here too because the search and the command line read
+# them beside ``expressibility_problems``.
 
 
 def expressibility_problems(plan: Plan, target: str) -> list[str]:
@@ -75,9 +71,7 @@ def expressibility_problems(plan: Plan, target: str) -> list[str]:
             f"per-stage recompute differs ({_stages(on)} recompute{'s' if len(on) == 1 else ''}"
             f", {_stages(off)} do{'es' if len(off) == 1 else ''} not) but {t} applies one "
             "recompute setting to all stages")
-    if plan.schedule not in TARGET_SCHEDULES[t]:
-        problems.append(f"schedule '{plan.schedule}' is not available in {t} (it runs "
-                        f"{' or '.join(x.upper() for x in TARGET_SCHEDULES[t])})")
+    problems += schedule_problems(plan, t)
     return problems
 
 
@@ -106,32 +100,18 @@ def project_plan(plan: Plan, target: str, *, model: ModelProfile, cluster: Clust
     if not expressibility_problems(plan, t):
         return plan if plan.prediction is not None else cost(plan)
 
-    schedule = plan.schedule if plan.schedule in TARGET_SCHEDULES[t] else TARGET_SCHEDULES[t][0]
-    tp_order = _by_frequency([s.tp for s in plan.stages])
-    best: tuple[tuple[int, float, float, int], Plan] | None = None
+    best: Plan | None = None
     reasons: list[str] = []
-    for rank, tp in enumerate(tp_order):
-        shaped = _reshape(plan, tp=tp, schedule=schedule)
-        if isinstance(shaped, str):
-            reasons.append(shaped)
-            continue
-        for recompute in (False, True):
-            candidate = cost(_with_recompute(shaped, recompute))
-            over = _overflow(candidate)
-            fits = over <= 0
-            pred = candidate.prediction
-            iteration = pred.iteration_s if pred is not None else float("inf")
-            # fitting plans by speed; if none fits, the one closest to fitting
-            key = (0, 0.0, iteration, rank) if fits else (1, over, iteration, rank)
-            if best is None or key < best[0]:
-                best = (key, candidate)
-            if fits:
-                break  # recompute off fits: on would only be slower
+    for schedule, keep_chunks in _schedule_options(plan, t):
+        start = plan if keep_chunks else _one_chunk_per_rank(plan, model)
+        best = _best_reshape(start, t, schedule, cost, reasons)
+        if best is not None:
+            break
     if best is None:
         raise BadInputError(f"no {t}-expressible projection of this plan exists: "
                             + "; ".join(reasons),
                             fix="search again with --target " + t)
-    return _annotate(best[1], plan, t)
+    return _annotate(best, plan, t)
 
 
 def projection_summary(original: Plan, projected: Plan, target: str) -> list[str]:
@@ -236,6 +216,80 @@ def _groups(stage: StagePlan, tp: int) -> list[_Group]:
         for k in range(len(ordered) // tp):
             out.append(_Group(node, tuple(ordered[k * tp:(k + 1) * tp])))
     return out
+
+
+def _one_chunk_per_rank(plan: Plan, model: ModelProfile) -> Plan:
+    """A plan of several chunks per rank as one stage per rank, for a target schedule that
+    runs one: each rank keeps its devices and its number of units, now contiguous, in rank
+    order (the plan the search re-costed under the chunked schedule had this shape)."""
+    ranks = sorted({s.pipeline_rank for s in plan.stages})
+    stages: list[StagePlan] = []
+    start = 0
+    for r in ranks:
+        chunks = [s for s in plan.stages if s.pipeline_rank == r]
+        n = sum(s.layer_end - s.layer_start for s in chunks)
+        units = model.layers[start:start + n]
+        stages.append(replace(chunks[0], index=len(stages), layer_start=start,
+                              layer_end=start + n, layer_names=tuple(u.name for u in units),
+                              module_names=tuple(m for u in units for m in u.module_names),
+                              rank=None))
+        start += n
+    return replace(plan, stages=tuple(stages), virtual_stages=1, prediction=None)
+
+
+def _schedule_options(plan: Plan, target: str) -> list[tuple[str, bool]]:
+    """Schedules to project onto, nearest first, and whether each keeps the plan's chunks.
+
+    The plan's own schedule when the target runs it; else a schedule of the target that
+    places the same chunks on the same ranks (interleaved zero bubble becomes interleaved
+    1F1B on Megatron-LM); last the target's first one-chunk schedule (1F1B), every rank's
+    chunks merged into one stage.
+    """
+    options: list[tuple[str, bool]] = []
+    ranks = plan.num_ranks
+    names = sorted(TARGET_SCHEDULES[target], key=lambda n: n != plan.schedule)
+    for name in names:
+        try:
+            other = get_schedule(name, virtual_stages=plan.virtual_stages)
+        except BadInputError:
+            continue  # cannot run this many chunks per rank
+        if all(other.rank_of(s.index, ranks) == s.pipeline_rank for s in plan.stages):
+            options.append((name, True))
+    if plan.virtual_stages == 1:
+        return options
+    one_chunk = next(n for n in TARGET_SCHEDULES[target]
+                     if type(get_schedule(n)).min_virtual == 1)
+    return [*options, (one_chunk, False)]
+
+
+def _best_reshape(plan: Plan, target: str, schedule: str, cost: Callable[[Plan], Plan],
+                  reasons: list[str]) -> Plan | None:
+    """The fastest fitting (else least over-full) reshaping of ``plan`` under ``schedule``
+    that ``target`` can express; ``None`` (and the reasons) when there is none."""
+    tp_order = _by_frequency([s.tp for s in plan.stages])
+    best: tuple[tuple[int, float, float, int], Plan] | None = None
+    for rank, tp in enumerate(tp_order):
+        shaped = _reshape(plan, tp=tp, schedule=schedule)
+        if isinstance(shaped, str):
+            reasons.append(shaped)
+            continue
+        left = schedule_problems(shaped, target)
+        if left:
+            reasons += left
+            continue
+        for recompute in (False, True):
+            candidate = cost(_with_recompute(shaped, recompute))
+            over = _overflow(candidate)
+            fits = over <= 0
+            pred = candidate.prediction
+            iteration = pred.iteration_s if pred is not None else float("inf")
+            # fitting plans by speed; if none fits, the one closest to fitting
+            key = (0, 0.0, iteration, rank) if fits else (1, over, iteration, rank)
+            if best is None or key < best[0]:
+                best = (key, candidate)
+            if fits:
+                break  # recompute off fits: on would only be slower
+    return None if best is None else best[1]
 
 
 def _reshape(plan: Plan, *, tp: int, schedule: str) -> Plan | str:

@@ -6,16 +6,20 @@ pod a stable DNS name (rank 0 is the rendezvous), then the pods of each stage in
 A replica (a TP group) sits inside one node, so each replica is one pod; a stage with DP=3 is
 three pods. Each pod:
 
-- requests ``TP`` devices under the HAMi resource name of its chip's vendor
-  (``VENDOR_RESOURCES``; HAMi: https://github.com/Project-HAMi/HAMi, docs/*-support.md),
-  optionally with ``nvidia.com/gpumem`` sized from the plan's memory prediction;
+- requests ``TP`` devices under its chip's resource name: the chip file's
+  ``kubernetes_resource``, else HAMi's name for the vendor and chip model
+  (``HAMI_VENDOR_RESOURCES``, ``HAMI_PER_CHIP``; sources in docs/export.md); a chip whose
+  resource is ``none`` (a CPU) requests no device; optionally with HAMi's memory resource
+  (``nvidia.com/gpumem``, ``huawei.com/Ascend910B3-memory``…) sized from the prediction;
 - selects nodes by chip (``autosplit.io/chip: H100``) and by the plan's node name
   (``kubernetes.io/hostname``), so the scheduler puts it where the plan did;
 - gets the environment a rank needs to find its part of the plan: ``AUTOSPLIT_PLAN``,
   ``AUTOSPLIT_STAGE``, ``AUTOSPLIT_REPLICA``, ``AUTOSPLIT_TP``, ``AUTOSPLIT_RANK_OFFSET``,
   ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``.
 
-Ranks are numbered stage by stage, replica by replica, TP index last.
+Ranks are numbered stage by stage, replica by replica, TP index last. Under an interleaved or
+V schedule the stages (chunks) of one pipeline rank share its devices and processes, so pods
+are made per pipeline rank, named and numbered by the rank's first stage.
 """
 
 from __future__ import annotations
@@ -29,38 +33,60 @@ from dataclasses import dataclass
 import yaml
 
 from autosplit.errors import BadInputError
+from autosplit.export.shape import rank_stages
 from autosplit.plan.schema import Plan
 
 __all__ = [
-    "VENDOR_RESOURCES",
+    "HAMI_VENDOR_RESOURCES",
+    "HAMI_PER_CHIP",
+    "NO_RESOURCE",
     "CHIP_LABEL",
     "PLAN_MOUNT",
     "DEFAULT_COMMAND",
     "KubernetesOptions",
     "guess_vendor",
     "device_resource",
+    "memory_resource",
     "kubernetes_manifests",
     "render_kubernetes",
 ]
 
-#: Device resource (and optional per-device memory resource, MiB) per chip vendor. HAMi
-#: registers these for NVIDIA, Huawei Ascend, Cambricon, Hygon, Iluvatar, AMD and MetaX
-#: (HAMi docs: nvidia README, ascend910b-support.md, cambricon-mlu-support.md,
-#: hygon-dcu-support.md, iluvatar-gpu-support.md, amd-gpu-support.md); Intel Gaudi comes from
-#: Habana's own device plugin.
-VENDOR_RESOURCES: dict[str, tuple[str, str | None]] = {
-    "nvidia": ("nvidia.com/gpu", "nvidia.com/gpumem"),
-    "huawei": ("huawei.com/Ascend910", None),
-    "cambricon": ("cambricon.com/vmlu", None),
-    "hygon": ("hygon.com/dcunum", None),
-    "iluvatar": ("iluvatar.ai/vgpu", None),
-    "amd": ("amd.com/gpu", None),
-    "intel": ("habana.ai/gaudi", None),
-    "metax": ("metax-tech.com/gpu", None),
+#: Device resource per vendor where HAMi gives every chip of the vendor one name (HAMi's Helm
+#: chart ``charts/hami/values.yaml`` and ``pkg/device/<vendor>/device.go``; docs/export.md has
+#: the table with links). Gaudi is not there: HAMi does not manage it, and Habana's own device
+#: plugin names it ``habana.ai/gaudi`` (the shipped ``gaudi2`` chip file says so).
+HAMI_VENDOR_RESOURCES: dict[str, str] = {
+    "nvidia": "nvidia.com/gpu",
+    "cambricon": "cambricon.com/vmlu",
+    "hygon": "hygon.com/hcunum",
+    "metax": "metax-tech.com/sgpu",
+    "amd": "amd.com/gpu",
+    "enflame": "enflame.com/gcu",
+    "mthreads": "mthreads.com/vgpu",
+    "kunlunxin": "kunlunxin.com/xpu",
+    "aws": "aws.amazon.com/neuron",
+    "biren": "birentech.com/gpu",
+    "vastai": "vastaitech.com/va",
 }
 
-#: Ascend chips HAMi names individually (``huawei.com/Ascend910B3`` ...).
-_ASCEND_VARIANTS = ("910A", "910B2", "910B3", "910B4", "310P")
+#: Vendors HAMi names per chip model: the models it knows, and how a model becomes a resource.
+HAMI_PER_CHIP: dict[str, tuple[tuple[str, ...], str]] = {
+    # longest first, so 910B4-1 is not read as 910B4
+    "huawei": (("910B4-1", "910B2", "910B3", "910B4", "910A", "910C", "310P"),
+               "huawei.com/Ascend{model}"),
+    "iluvatar": (("BI-V100", "BI-V150", "MR-V100", "MR-V50"), "iluvatar.ai/{model}-vgpu"),
+}
+
+#: ``kubernetes_resource`` of a chip that needs no accelerator (a CPU).
+NO_RESOURCE = "none"
+
+#: Device resource -> memory resource counted in MiB (HAMi's ``resourceMemoryName``), for
+#: ``--request-memory``. Vendors whose memory unit is not MiB (Iluvatar: 256 MB) are left out.
+_MEMORY_MIB: tuple[tuple[str, str], ...] = (
+    (r"^nvidia\.com/gpu$", "nvidia.com/gpumem"),
+    (r"^hygon\.com/hcunum$", "hygon.com/hcumem"),
+    (r"^(huawei\.com/Ascend[0-9A-Z-]+)$", r"\1-memory"),
+)
 
 #: Node label the manifests select a chip type by; label the nodes with it.
 CHIP_LABEL = "autosplit.io/chip"
@@ -79,13 +105,19 @@ DEFAULT_COMMAND: tuple[str, ...] = (
 _VENDOR_PATTERNS: tuple[tuple[str, str], ...] = (
     ("huawei", r"ascend|^(atlas)?[-_ ]?(910|310)"),
     ("cambricon", r"cambricon|^mlu"),
-    ("hygon", r"hygon|dcu|^[kz]100|^bw\d"),
+    ("hygon", r"hygon|dcu|hcu|^[kz]100|^bw\d"),
     ("iluvatar", r"iluvatar|^bi[-_]?v?\d|^mr[-_]?v"),
     ("amd", r"^amd|instinct|^mi\d"),
-    ("intel", r"gaudi|^hl[-_]?\d|intel"),
+    ("intel", r"gaudi|^hl[-_]?\d"),
     ("metax", r"metax|^c5\d\d"),
+    ("enflame", r"enflame|^gcu|^[is]\d0$"),
     ("nvidia", r"nvidia|^(gb|[abhlvt])\d|^rtx"),
 )
+
+_VENDOR_ALIASES: dict[str, str] = {
+    "ascend": "huawei", "habana": "intel", "mlu": "cambricon", "dcu": "hygon", "hcu": "hygon",
+    "moore": "mthreads", "kunlun": "kunlunxin", "neuron": "aws", "amazon": "aws",
+}
 
 
 @dataclass(frozen=True)
@@ -98,9 +130,11 @@ class KubernetesOptions:
     command: tuple[str, ...] = DEFAULT_COMMAND
     #: Chip name → vendor (from the cluster's chip specs); others are guessed from the name.
     vendors: Mapping[str, str] | None = None
-    #: Chip name → resource name, overriding the vendor table.
+    #: Chip name → ``kubernetes_resource`` of its chip file (empty entries: derive it).
+    chip_resources: Mapping[str, str] | None = None
+    #: Chip name → resource name from ``--resource``, overriding everything else.
     resources: Mapping[str, str] | None = None
-    #: Add ``nvidia.com/gpumem`` (MiB) from the plan's predicted peak memory.
+    #: Add the memory resource (MiB) from the plan's predicted peak memory, where HAMi has one.
     request_memory: bool = False
     #: Pin each pod to the plan's node with ``kubernetes.io/hostname``.
     pin_nodes: bool = True
@@ -117,26 +151,48 @@ def guess_vendor(chip: str) -> str | None:
 
 
 def device_resource(chip: str, *, vendors: Mapping[str, str] | None = None,
-                    resources: Mapping[str, str] | None = None) -> tuple[str, str | None]:
-    """The (device, memory-or-None) resource names for a chip."""
-    if resources and chip in resources:
-        return resources[chip], None
+                    chip_resources: Mapping[str, str] | None = None,
+                    resources: Mapping[str, str] | None = None) -> str | None:
+    """The resource one device of ``chip`` is requested by; ``None`` for a chip that needs
+    none (``kubernetes_resource: none``, a CPU).
+
+    In order: ``--resource`` (``resources``), the chip file's ``kubernetes_resource``
+    (``chip_resources``), HAMi's name for the vendor (per chip model for Ascend and Iluvatar).
+    A vendor HAMi does not support, or a model it does not name, is refused with the fix.
+    """
+    for table in (resources, chip_resources):
+        chosen = (table or {}).get(chip, "").strip()
+        if chosen:
+            return None if chosen.lower() == NO_RESOURCE else chosen
     vendor = (vendors or {}).get(chip) or guess_vendor(chip)
     key = _vendor_key(vendor) if vendor else None
-    if key is None:
-        raise BadInputError(
-            f"no Kubernetes device resource known for chip '{chip}'"
-            + (f" (vendor '{vendor}')" if vendor else ""),
-            field="chip",
-            fix=f"pass --resource {chip}=VENDOR.COM/RESOURCE (known vendors: "
-                f"{', '.join(VENDOR_RESOURCES)})")
-    device, memory = VENDOR_RESOURCES[key]
-    if key == "huawei":
-        upper = chip.upper()
-        variant = next((v for v in _ASCEND_VARIANTS if v in upper), None)
-        if variant:
-            device = f"huawei.com/Ascend{variant}"
-    return device, memory
+    fix = (f"set `kubernetes_resource:` in the chip file of {chip} (docs/chips.md; `none` for "
+           f"a CPU), or pass --resource {chip}=DOMAIN/NAME")
+    if key in HAMI_VENDOR_RESOURCES:
+        return HAMI_VENDOR_RESOURCES[key]
+    if key in HAMI_PER_CHIP:
+        models, template = HAMI_PER_CHIP[key]
+        upper = chip.upper().replace("_", "-")
+        model = next((m for m in models if m in upper or m.replace("-", "") in upper), None)
+        if model is None:
+            raise BadInputError(
+                f"HAMi names {vendor} devices per chip model ({', '.join(models)}) and the "
+                f"chip name '{chip}' does not say which model it is", field="chip", fix=fix)
+        return template.format(model=model)
+    supported = sorted({*HAMI_VENDOR_RESOURCES, *HAMI_PER_CHIP})
+    raise BadInputError(
+        f"no Kubernetes device resource known for chip '{chip}'"
+        + (f": HAMi does not support vendor '{vendor}'" if vendor else
+           " (its vendor is unknown)")
+        + f"; HAMi supports {', '.join(supported)}", field="chip", fix=fix)
+
+
+def memory_resource(device: str) -> str | None:
+    """HAMi's per-device memory resource (MiB) for a device resource, or None."""
+    for pattern, replacement in _MEMORY_MIB:
+        if re.match(pattern, device):
+            return re.sub(pattern, replacement, device)
+    return None
 
 
 def kubernetes_manifests(plan: Plan, *, options: KubernetesOptions) -> list[dict[str, object]]:
@@ -160,18 +216,22 @@ def kubernetes_manifests(plan: Plan, *, options: KubernetesOptions) -> list[dict
                      "ports": [{"name": "rendezvous", "port": options.master_port}]},
         },
     ]
-    world = sum(s.num_devices for s in plan.stages)
-    pods = sum(s.dp for s in plan.stages)
+    # the chunks of one pipeline rank run in the same processes: pods per rank, not per stage
+    ranks = rank_stages(plan)
+    world = sum(s.num_devices for s in ranks)
+    pods = sum(s.dp for s in ranks)
     master = f"{job}-s0-r0.{job}"
     rank = 0
     pod_index = 0
-    for stage in plan.stages:
+    for stage in ranks:
         for r, replica in enumerate(stage.replicas):
             # A stage may mix chips of one collective group: each replica asks for its own.
             chip = replica.chip or stage.chip
-            device, memory = device_resource(chip, vendors=options.vendors,
-                                             resources=options.resources)
-            limits: dict[str, object] = {device: stage.tp}
+            device = device_resource(chip, vendors=options.vendors,
+                                     chip_resources=options.chip_resources,
+                                     resources=options.resources)
+            limits: dict[str, object] = {device: stage.tp} if device else {}
+            memory = memory_resource(device) if device else None
             if options.request_memory and memory:
                 limits[memory] = _memory_mib(plan, stage.index)
             name = f"{job}-s{stage.index}-r{r}"
@@ -247,13 +307,14 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _BlockDumper.add_representer(str, _represent_str)
 
 
-def _vendor_key(vendor: str) -> str | None:
+def _vendor_key(vendor: str) -> str:
+    """The vendor's key in the HAMi tables (``Huawei Ascend`` → ``huawei``), else itself."""
     v = vendor.strip().lower()
-    if v in VENDOR_RESOURCES:
+    known = (*HAMI_VENDOR_RESOURCES, *HAMI_PER_CHIP, "intel")
+    if v in known:
         return v
-    aliases = {"ascend": "huawei", "habana": "intel", "mlu": "cambricon", "dcu": "hygon"}
-    return next((k for a, k in aliases.items() if a in v),
-                next((k for k in VENDOR_RESOURCES if k in v), None))
+    return next((k for a, k in _VENDOR_ALIASES.items() if a in v),
+                next((k for k in known if k in v), v))
 
 
 def _memory_mib(plan: Plan, stage_index: int) -> int:

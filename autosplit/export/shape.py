@@ -5,9 +5,11 @@ micro-batch size per replica and one recompute switch. Every exporter reads thos
 here, after ``expressibility_problems`` has said the plan has them, so the three exporters
 cannot disagree about what the plan means.
 
-Ranks: all three runtimes put the pipeline dimension outermost, so rank ``r`` belongs to stage
-``r // (TP·DP)``; the launcher must start stage ``i``'s ranks on the devices the plan gives
-stage ``i``.
+Ranks: all three runtimes put the pipeline dimension outermost, so rank ``r`` belongs to
+pipeline rank ``r // (TP·DP)``; the launcher must start pipeline rank ``i``'s processes on the
+devices the plan gives it. Under an interleaved or V schedule a pipeline rank runs several
+stages (model chunks) on the same devices, so ``pp`` counts ranks, not stages, and
+``rank_stages`` gives each rank's devices once.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autosplit.errors import BadInputError
-from autosplit.plan.schema import Plan
+from autosplit.plan.schema import Plan, StagePlan
 
-__all__ = ["UniformShape", "uniform_shape", "unit_count", "blocks_per_stage",
+__all__ = ["UniformShape", "uniform_shape", "unit_count", "blocks_per_stage", "rank_stages",
            "check_structure"]
 
 
@@ -26,6 +28,7 @@ class UniformShape:
     """What a uniform runtime needs: sizes, batch split and the recompute switch."""
 
     tp: int
+    #: Pipeline ranks (the runtime's pipeline-parallel size).
     pp: int
     dp: int
     #: Samples each data-parallel replica processes per micro-batch.
@@ -34,6 +37,8 @@ class UniformShape:
     global_batch: int
     recompute: bool
     schedule: str
+    #: Stages (model chunks) per pipeline rank: the plan has ``pp · virtual_stages`` stages.
+    virtual_stages: int = 1
 
     @property
     def world_size(self) -> int:
@@ -56,13 +61,14 @@ def uniform_shape(plan: Plan, target: str) -> UniformShape:
     share = first.replicas[0].batch_share
     return UniformShape(
         tp=first.tp,
-        pp=plan.num_stages,
+        pp=plan.num_ranks,
         dp=first.dp,
         micro_batch_size=share,
         micro_batches=plan.micro_batch_count,
         global_batch=plan.global_batch,
         recompute=first.recompute,
         schedule=plan.schedule,
+        virtual_stages=plan.virtual_stages,
     )
 
 
@@ -80,6 +86,15 @@ def blocks_per_stage(plan: Plan) -> tuple[int, ...]:
         hi = min(s.layer_end, last)
         out.append(max(0, hi - lo))
     return tuple(out)
+
+
+def rank_stages(plan: Plan) -> tuple[StagePlan, ...]:
+    """Each pipeline rank's first stage, in rank order: the devices of each rank once (the
+    other stages of a rank are chunks on the same devices)."""
+    first: dict[int, StagePlan] = {}
+    for s in plan.stages:
+        first.setdefault(s.pipeline_rank, s)
+    return tuple(first[r] for r in sorted(first))
 
 
 def check_structure(plan: Plan, *, source: str = "") -> None:

@@ -21,11 +21,13 @@ from importlib import metadata
 from pathlib import Path
 
 from autosplit.atomic import atomic_write_text
-from autosplit.model.types import LayerProfile, ModelProfile
+from autosplit.model.isolated import ingest_isolated
+from autosplit.model.types import ModelProfile
 
 __all__ = ["ingest_model_cached", "cache_dir", "cache_key"]
 
-_CODE_FILES = ("ingest.py", "measure.py", "replay.py", "loader.py", "types.py", "user_code.py")
+_CODE_FILES = ("ingest.py", "measure.py", "kernels.py", "replay.py", "loader.py", "types.py",
+               "user_code.py", "worker.py")
 
 
 def cache_dir() -> Path:
@@ -61,17 +63,15 @@ def cache_key(path: str, *, model_args: dict[str, str], seq_len: int, dtype: str
 
 def _load(file: Path) -> ModelProfile | None:
     try:
-        data = json.loads(file.read_text())
-        layers = tuple(LayerProfile(**{**d, "module_names": tuple(d["module_names"])})
-                       for d in data.pop("layers"))
-        return ModelProfile(layers=layers, **data)
+        return ModelProfile.from_dict(json.loads(file.read_text()))
     except (OSError, ValueError, TypeError, KeyError):
         return None  # a damaged entry is simply re-measured
 
 
 def ingest_model_cached(path: str, *, model_args: dict[str, str] | None = None, seq_len: int,
                         dtype: str = "bf16", use_cache: bool = True) -> ModelProfile:
-    """``autosplit.model.ingest.ingest_model`` with the on-disk cache in front of it."""
+    """``autosplit.model.ingest.ingest_model`` with the on-disk cache in front of it; a miss
+    is ingested in a child process with a time limit (``autosplit.model.isolated``)."""
     args = dict(model_args or {})
     key = cache_key(path, model_args=args, seq_len=seq_len, dtype=dtype) if use_cache else None
     file = cache_dir() / f"ingest-{key}.json" if key else None
@@ -79,9 +79,7 @@ def ingest_model_cached(path: str, *, model_args: dict[str, str] | None = None, 
         hit = _load(file)
         if hit is not None and hit.source_file == path:
             return hit
-    from autosplit.model.ingest import ingest_model
-
-    profile = ingest_model(path, model_args=args, seq_len=seq_len, dtype=dtype)
+    profile = ingest_isolated(path, model_args=args, seq_len=seq_len, dtype=dtype)
     if file is not None:
         with contextlib.suppress(OSError):  # a read-only home only costs speed
             atomic_write_text(file, json.dumps(asdict(profile)))

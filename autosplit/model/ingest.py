@@ -120,7 +120,7 @@ def _profile(index: int, unit: tuple[str, str, tuple[str, ...]], measure: UnitMe
                         activation_bytes=float(measure.activation_bytes),
                         input_bytes=float(measure.input_bytes),
                         output_bytes=float(measure.output_bytes), tp_collectives=collectives,
-                        layer_kind=kind_key)
+                        layer_kind=kind_key, kernels=measure.kernels)
 
 
 def _check_options(path: str, seq_len: int, dtype: str) -> None:
@@ -154,6 +154,11 @@ def ingest_model(path: str, *, model_args: dict[str, str] | None = None, seq_len
         _profile(index, unit, measures[unit[0]], model=model,
                  kind_key=_unit_kind(model, partition, unit, kinds))
         for index, unit in enumerate(partition.unit_modules()))
+    if sum(layer.params for layer in layers) == 0:
+        raise BadInputError("build_model returned a model without parameters: there is nothing "
+                            "to train, so no split to search", file=path, field="build_model",
+                            fix="return the nn.Module whose weights are trained (parameters "
+                                "registered as nn.Parameter or in submodules)")
     tokens = source.tokens_per_sample if source.tokens_per_sample is not None else seq_len
     return ModelProfile(name=source.name, source_file=path, layers=layers, seq_len=seq_len,
                         dtype=dtype, tokens_per_sample=tokens, block_list=partition.block_list,

@@ -1,7 +1,7 @@
 """Measure partition units on the meta device: FLOPs, saved activations and boundary tensors.
 
 Everything runs on meta tensors, so a 70B model at sequence 4096 costs shape arithmetic only:
-no memory and no kernels. Three things are counted while a region of the forward runs:
+no memory and no kernels. These are counted while a region of the forward runs:
 
 - FLOPs, with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products, convolutions and
   attention; element-wise work is not counted). The backward is counted separately by running
@@ -11,6 +11,8 @@ no memory and no kernels. Three things are counted while a region of the forward
   buffer, count once), leaving out parameters and buffers (weights, not activations) and, for
   a block, inputs that do not require grad (masks, rotary tables: built once and shared by
   every block).
+- The kernels: GEMM shapes, fused attention calls and memory-bound traffic
+  (``autosplit.model.kernels``), which the cost model prices one by one.
 - Attention ops (softmax or a fused attention kernel, watched at the ATen level whatever API
   called them): they decide the tensor-parallel collective count. On the meta device PyTorch runs
   SDPA's unfused "math" path, which upcasts to fp32 and keeps the full a·s² score matrix;
@@ -42,6 +44,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from autosplit.errors import BadInputError
+from autosplit.model.kernel_records import KernelCounts
+from autosplit.model.kernels import KernelMeter
 from autosplit.model.loader import Partition
 from autosplit.model.replay import layer_kind, replay_identical_blocks
 from autosplit.model.user_code import call_user
@@ -66,6 +70,8 @@ class UnitMeasure:
     written_bytes: int
     #: Calls to scaled_dot_product_attention or softmax in the forward.
     attention_calls: int
+    #: The forward's GEMM shapes, fused attention calls and memory-bound traffic.
+    kernels: KernelCounts = KernelCounts()
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
@@ -159,6 +165,7 @@ class _ForwardMeter:
     """FLOPs, saved tensors and attention calls between ``start()`` and ``stop()``."""
 
     def __init__(self, *, excluded: set[int], fused_attention: bool) -> None:
+        self._kernels = KernelMeter(set(excluded))
         self._excluded = set(excluded)
         self._inputs: set[int] = set()
         self._saved: dict[int, int] = {}
@@ -183,6 +190,7 @@ class _ForwardMeter:
     def start(self) -> None:
         self._flops.__enter__()
         self._watch.__enter__()
+        self._kernels.__enter__()
         self._hooks.__enter__()
         if self._fused is not None:
             self._fused.__enter__()
@@ -195,6 +203,7 @@ class _ForwardMeter:
         if self._fused is not None:
             self._fused.__exit__(None, None, None)
         self._hooks.__exit__(None, None, None)
+        self._kernels.__exit__(None, None, None)
         self._watch.__exit__(None, None, None)
         self._flops.__exit__(None, None, None)
 
@@ -213,6 +222,10 @@ class _ForwardMeter:
     @property
     def attention_calls(self) -> int:
         return self._watch.calls
+
+    @property
+    def kernels(self) -> KernelCounts:
+        return self._kernels.counts()
 
 
 def _unpack(t: torch.Tensor) -> torch.Tensor:
@@ -290,7 +303,7 @@ def _measure_block(block: nn.Module, args: tuple, kwargs: dict, *, excluded: set
                        saved_input_bytes=meter.saved_input_bytes,
                        input_bytes=tensor_bytes(inputs), output_bytes=tensor_bytes(outputs),
                        written_bytes=tensor_bytes(_tensors(out)),
-                       attention_calls=meter.attention_calls)
+                       attention_calls=meter.attention_calls, kernels=meter.kernels)
 
 
 def measure_units(model: nn.Module, partition: Partition, inputs: tuple[Any, ...],
@@ -331,7 +344,7 @@ def measure_units(model: nn.Module, partition: Partition, inputs: tuple[Any, ...
                     saved_input_bytes=pre_meter.saved_input_bytes,
                     input_bytes=tensor_bytes(_tensors(inputs)),
                     output_bytes=tensor_bytes(crossing), written_bytes=tensor_bytes(crossing),
-                    attention_calls=pre_meter.attention_calls)
+                    attention_calls=pre_meter.attention_calls, kernels=pre_meter.kernels)
                 args, kwargs = _cut((args, kwargs))
             kind = kinds[name]
             seen[kind] = seen.get(kind, 0) + 1
@@ -382,7 +395,7 @@ def measure_units(model: nn.Module, partition: Partition, inputs: tuple[Any, ...
                        saved_input_bytes=post_meter.saved_input_bytes,
                        input_bytes=state.post_input_bytes, output_bytes=0,
                        written_bytes=tensor_bytes(_tensors(outputs)) + tensor_bytes([loss]),
-                       attention_calls=post_meter.attention_calls)
+                       attention_calls=post_meter.attention_calls, kernels=post_meter.kernels)
     del outputs, loss
     by_kind: dict[str, UnitMeasure] = {}
     for kind, name in first_of_kind.items():

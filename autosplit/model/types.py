@@ -8,9 +8,12 @@ model scales them linearly with the micro-batch size.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 
-__all__ = ["LayerProfile", "ModelProfile"]
+from autosplit.model.kernel_records import AttentionCall, Gemm, KernelCounts
+
+__all__ = ["LayerProfile", "ModelProfile", "kernels_from_dict", "layer_from_dict"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class LayerProfile:
     #: Key shared by identical units (same class, same parameter shapes): profiles are
     #: measured once per kind, not once per layer.
     layer_kind: str = ""
+    #: The forward's GEMM shapes, fused attention calls and memory-bound kernels per sample
+    #: (``autosplit.model.kernels``); empty for a unit described by totals only.
+    kernels: KernelCounts = KernelCounts()
 
     @property
     def recompute_flops(self) -> float:
@@ -71,6 +77,17 @@ class ModelProfile:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    @cached_property
+    def first_alike(self) -> tuple[int, ...]:
+        """For each unit, the index of the first unit alike: same kind (or, without one, same
+        name) and the same per-sample figures and kernels — only position and names differ.
+        Alike units cost the same wherever they run, so cost tables price the 80 blocks of a
+        Llama-70B once; computed once per profile (hashing the kernel records is not cheap)."""
+        first: dict[LayerProfile, int] = {}
+        return tuple(first.setdefault(replace(layer, index=0, name=layer.layer_kind or layer.name,
+                                              module_names=()), k)
+                     for k, layer in enumerate(self.layers))
+
     @property
     def total_params(self) -> int:
         return sum(layer.params for layer in self.layers)
@@ -81,3 +98,24 @@ class ModelProfile:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelProfile:
+        """The inverse of ``to_dict`` (the ingestion cache and the ingestion child use it)."""
+        data = dict(data)
+        layers = tuple(layer_from_dict(d) for d in data.pop("layers"))
+        return cls(layers=layers, **data)
+
+
+def kernels_from_dict(data: dict) -> KernelCounts:
+    """The inverse of ``asdict`` for a unit's kernels (cached profiles are JSON)."""
+    return KernelCounts(gemms=tuple(Gemm(**g) for g in data.get("gemms", ())),
+                        attention=tuple(AttentionCall(**a) for a in data.get("attention", ())),
+                        memory_kernels=int(data.get("memory_kernels", 0)),
+                        memory_bytes=float(data.get("memory_bytes", 0.0)))
+
+
+def layer_from_dict(data: dict) -> LayerProfile:
+    """A ``LayerProfile`` from its ``asdict`` form."""
+    return LayerProfile(**{**data, "module_names": tuple(data["module_names"]),
+                           "kernels": kernels_from_dict(data.get("kernels") or {})})

@@ -2,7 +2,9 @@
 
 Validation comes first and is explicit, because a runtime handed an invalid plan fails in
 confusing ways far from the cause: every unit must be owned exactly once, in order; every
-device must exist, match the stage's chip and be used once; batch shares must add up.
+device must exist, match the stage's chip and be used once; batch shares must add up. What the
+plan must satisfy on its own is ``autosplit.plan.check`` (run by every reader of a plan file);
+what it must satisfy against the model and the cluster is ``validate_plan`` here.
 """
 
 from __future__ import annotations
@@ -10,71 +12,45 @@ from __future__ import annotations
 from dataclasses import replace
 
 from autosplit.cluster.schema import Cluster
-from autosplit.config import SCHEDULES, TrainingConfig
+from autosplit.config import TrainingConfig
 from autosplit.cost.analytic import AnalyticCosts
-from autosplit.cost.predict import StageAssignment, peak_flops_of, predict
+from autosplit.cost.predict import StageAssignment, iteration_time, peak_flops_of, predict
 from autosplit.cost.stage import StageShape, build_tables, make_context
 from autosplit.errors import BadInputError
 from autosplit.model.types import ModelProfile
+from autosplit.plan.check import check_plan_structure
 from autosplit.plan.schema import Plan
 from autosplit.protocols.cost import LayerCostProvider
 
-__all__ = ["evaluate_plan", "validate_plan", "training_of", "assignments_of"]
+__all__ = ["evaluate_plan", "validate_plan", "training_of", "assignments_of", "closed_form_time"]
 
 
 def training_of(plan: Plan) -> TrainingConfig:
     """The training settings a plan was made for."""
     return TrainingConfig(global_batch=plan.global_batch, seq_len=plan.model.seq_len,
-                          dtype=plan.model.dtype, schedule=plan.schedule, zero1=plan.zero1,
-                          memory_reserve_gb=plan.memory_reserve_gb)
+                          dtype=plan.model.dtype, schedule=plan.schedule,
+                          virtual_stages=plan.virtual_stages, zero1=plan.zero1,
+                          memory_reserve_gb=plan.memory_reserve_gb,
+                          grad_bucket_mb=plan.grad_bucket_mb, grad_overlap=plan.grad_overlap)
 
 
 def validate_plan(plan: Plan, *, model: ModelProfile, cluster: Cluster, source: str = "") -> None:
-    """Raise ``BadInputError`` naming the first problem found."""
+    """Raise ``BadInputError`` naming the first problem found: the plan's own consistency
+    (``check_plan_structure``), then its fit to the model and the cluster."""
+    check_plan_structure(plan, source=source)
     src = source or None
 
     def bad(field: str, msg: str, fix: str) -> BadInputError:
         return BadInputError(msg, file=src, field=field, fix=fix)
 
-    if plan.schedule not in SCHEDULES:
-        raise bad("schedule", f"unknown schedule {plan.schedule!r}",
-                  f"use one of {', '.join(SCHEDULES)}")
-    if plan.micro_batch_count < 1 or plan.global_batch % plan.micro_batch_count:
-        raise bad("micro_batch_count", f"{plan.micro_batch_count} micro-batches do not divide "
-                  f"the global batch of {plan.global_batch}", "choose a divisor")
     if plan.model.num_layers != model.num_layers:
         raise bad("model.num_layers", f"the plan was made for a model with "
                   f"{plan.model.num_layers} units; {model.source_file} has {model.num_layers}",
                   "re-run `autosplit search` for this model (or pass the right model args)")
-    if not plan.stages:
-        raise bad("stages", "the plan has no stages", "add at least one stage")
-    expected = 0
-    for k, st in enumerate(plan.stages):
-        if st.layer_start != expected:
-            what = (f"units {expected}..{st.layer_start - 1} are missing"
-                    if st.layer_start > expected else
-                    f"units {st.layer_start}..{expected - 1} are assigned twice")
-            raise bad(f"stages[{k}].layer_start", what,
-                      f"make stage {k} start at unit {expected}")
-        if st.layer_end <= st.layer_start:
-            raise bad(f"stages[{k}].layer_end", "a stage must own at least one unit",
-                      f"set layer_end > {st.layer_start}")
-        expected = st.layer_end
-    if expected != model.num_layers:
-        raise bad(f"stages[{len(plan.stages) - 1}].layer_end",
-                  f"units {expected}..{model.num_layers - 1} are missing"
-                  if expected < model.num_layers else
-                  f"the model has only {model.num_layers} units (0..{model.num_layers - 1})",
-                  f"make the last stage end at {model.num_layers}")
-    used: dict[tuple[str, int], int] = {}
-    b_mb = plan.micro_batch_samples
     for k, st in enumerate(plan.stages):
         if st.chip not in cluster.chips:
             raise bad(f"stages[{k}].chip", f"chip {st.chip!r} is not in the cluster",
                       f"use one of {', '.join(cluster.chips)}")
-        if st.tp < 1 or not st.replicas:
-            raise bad(f"stages[{k}]", "a stage needs tp ≥ 1 and at least one replica",
-                      "fix tp/replicas")
         for q, rep in enumerate(st.replicas):
             path = f"stages[{k}].replicas[{q}]"
             try:
@@ -82,7 +58,7 @@ def validate_plan(plan: Plan, *, model: ModelProfile, cluster: Cluster, source: 
             except KeyError:
                 raise bad(f"{path}.node", f"node {rep.node!r} does not exist in "
                           f"{cluster.source_file or cluster.name}",
-                          f"use one of {', '.join(n.name for n in cluster.nodes)}") from None
+                          f"use one of {_few(n.name for n in cluster.nodes)}") from None
             if node.chip != st.chip and not cluster.can_share_collective(node.chip, st.chip):
                 raise bad(f"{path}.node", f"node {rep.node!r} holds {node.chip}, the stage "
                           f"says {st.chip}, and the two cannot share a collective group",
@@ -91,28 +67,25 @@ def validate_plan(plan: Plan, *, model: ModelProfile, cluster: Cluster, source: 
             if rep.chip and rep.chip != node.chip:
                 raise bad(f"{path}.chip", f"node {rep.node!r} holds {node.chip}, the replica "
                           f"says {rep.chip}", f"set chip to {node.chip!r} (or leave it out)")
-            if len(rep.local_indices) != st.tp:
-                raise bad(f"{path}.local_indices", f"{len(rep.local_indices)} devices for "
-                          f"TP={st.tp}", "a replica holds exactly tp devices of one node")
             for i in rep.local_indices:
-                if not 0 <= i < node.devices:
+                if i >= node.devices:
                     raise bad(f"{path}.local_indices", f"device {rep.node}:{i} does not exist "
                               f"({rep.node} has {node.devices} devices)",
                               f"use indices 0..{node.devices - 1}")
-                if (rep.node, i) in used:
-                    raise bad(f"{path}.local_indices", f"device {rep.node}:{i} is used twice "
-                              f"(also by stage {used[(rep.node, i)]})",
-                              "give every device to one stage only")
-                used[(rep.node, i)] = k
-            if rep.batch_share < 1:
-                raise bad(f"{path}.batch_share", "each replica needs at least one sample",
-                          "set batch_share ≥ 1")
-        total = sum(rep.batch_share for rep in st.replicas)
-        if total != b_mb:
-            raise bad(f"stages[{k}].replicas", f"batch shares add up to {total}, but a "
-                      f"micro-batch has {b_mb} samples (global batch {plan.global_batch} / "
-                      f"{plan.micro_batch_count} micro-batches)",
-                      "make each stage's batch_share values sum to the micro-batch size")
+        chips = sorted({cluster.node(rep.node).chip for rep in st.replicas})
+        if st.replicas and st.chip not in chips:
+            # The stage's chip names the tables its costs are read from: it must be one its
+            # devices have.
+            raise bad(f"stages[{k}].chip", f"the stage says {st.chip} but its devices are "
+                      f"{', '.join(chips)}", f"set chip to {chips[0]!r} (the faster chip of "
+                      "a mixed stage)")
+
+
+def _few(names, limit: int = 8) -> str:
+    """The first few names of a possibly huge list, for a message."""
+    names = list(names)
+    more = f", … ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def assignments_of(plan: Plan, *, model: ModelProfile, cluster: Cluster,
@@ -152,3 +125,13 @@ def evaluate_plan(plan: Plan, *, model: ModelProfile, cluster: Cluster,
     new_stages = tuple(replace(st, cost_source=a.ctx.tables.cost_source(a.start, a.end))
                        for st, a in zip(plan.stages, stages, strict=True))
     return replace(plan, prediction=pred, stages=new_stages)
+
+
+def closed_form_time(plan: Plan, *, model: ModelProfile, cluster: Cluster,
+                     costs: LayerCostProvider | None = None) -> float:
+    """The search's objective for ``plan``: the closed-form iteration time
+    ``Σu + (m − 1)·max u`` plus transfers and tail (``cost.predict.iteration_time``), which the
+    search's bounds hold for. The plan's prediction is its schedule's simulation, which the
+    closed form estimates; the referee and the benchmark compare the search under this one."""
+    stages = assignments_of(plan, model=model, cluster=cluster, costs=costs or AnalyticCosts())
+    return iteration_time(stages, micro_batches=plan.micro_batch_count)

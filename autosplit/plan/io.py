@@ -1,180 +1,185 @@
 """Plan JSON on disk: the only place plans are serialised and parsed.
 
-Parsing is strict and explains itself, because people hand-edit plans: a wrong type or a
-missing field names the JSON path and what was expected.
+Parsing is strict and explains itself, because people hand-edit plans: the plan dataclasses
+(``autosplit.plan.schema``) are the schema, pydantic validates the JSON into them (a wrong
+type, a missing or unknown field, NaN or infinity names the JSON path and the fix), and
+``check_plan_structure`` then checks the plan against itself. ``load_plan`` is the one reader
+every command uses, so they all accept and refuse the same plans.
+
+Paths: on disk (schema 1.1) a plan's ``source_file`` and ``chip_dirs`` are relative to the
+plan file's folder, so a plan moved together with its model and cluster — or read from another
+folder, or on another machine — still finds them; a plan printed to stdout carries absolute
+paths. 1.0 plans wrote paths as typed; they are looked up in the working directory, then next
+to the plan. ``load_plan`` keeps the paths as the file writes them (what the plan says, and
+what the runtime's plan fingerprint hashes); ``plan_sources`` resolves them. A plan built in
+memory (by the search, or by ``with_sources``) holds paths valid from the working directory,
+which ``save_plan`` rewrites relative to the file it writes.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from autosplit.atomic import atomic_write_text
 from autosplit.errors import BadInputError
-from autosplit.plan.schema import (
-    SCHEMA_VERSION,
-    Alternative,
-    ClusterRef,
-    MemoryBreakdown,
-    ModelRef,
-    Plan,
-    Prediction,
-    Replica,
-    SearchStats,
-    StagePlan,
-    StagePrediction,
-)
+from autosplit.inputs.files import read_input_text
+from autosplit.inputs.validation import validate
+from autosplit.plan.check import check_plan_structure
+from autosplit.plan.schema import SCHEMA_VERSION, Plan, Prediction
 
-__all__ = ["load_plan", "save_plan", "plan_from_dict", "plan_to_json", "atomic_write_text"]
+__all__ = ["PLAN_DOC", "PlanSources", "load_plan", "save_plan", "plan_from_dict",
+           "plan_to_json", "plan_sources", "atomic_write_text"]
+
+PLAN_DOC = "docs/plan-schema.md"
+
+#: Fields ``Plan.to_dict`` adds for readers' convenience; recomputed, so ignored on read.
+_DERIVED_TOP = ("micro_batch_samples",)
+_DERIVED_STAGE = ("dp",)
 
 
-def plan_to_json(plan: Plan) -> str:
-    return json.dumps(plan.to_dict(), indent=2, sort_keys=False) + "\n"
+# ---- writing ---------------------------------------------------------------------------
+
+
+def _on_disk(path: str, base: Path | None) -> str:
+    """``path`` as a plan file records it: relative to ``base`` (the plan's folder), or
+    absolute without one. Placeholders such as ``<synthetic>`` are kept."""
+    if not path or path.startswith("<"):
+        return path
+    absolute = os.path.abspath(path)
+    if base is None:
+        return absolute
+    try:
+        return os.path.relpath(absolute, base)
+    except ValueError:  # another drive (Windows): only an absolute path works
+        return absolute
+
+
+def plan_to_json(plan: Plan, *, relative_to: str | Path | None = None) -> str:
+    """The plan as JSON text; paths relative to the folder ``relative_to``, else absolute."""
+    base = Path(os.path.abspath(relative_to)) if relative_to is not None else None
+    data = plan.to_dict()
+    data["model"]["source_file"] = _on_disk(plan.model.source_file, base)
+    data["cluster"]["source_file"] = _on_disk(plan.cluster.source_file, base)
+    data["cluster"]["chip_dirs"] = [_on_disk(d, base) for d in plan.cluster.chip_dirs]
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
 def save_plan(plan: Plan, path: str | Path) -> None:
-    atomic_write_text(path, plan_to_json(plan))
+    """Write ``plan`` atomically, its paths relative to the file's folder."""
+    atomic_write_text(path, plan_to_json(plan, relative_to=Path(path).parent))
+
+
+# ---- reading ---------------------------------------------------------------------------
 
 
 def load_plan(path: str | Path) -> Plan:
+    """Read, validate and check the plan file at ``path`` (the one reader of plan files): the
+    schema (``plan_from_dict``), then the plan's consistency with itself
+    (``check_plan_structure``)."""
     p = Path(path)
-    if not p.exists():
-        raise BadInputError("plan file not found", file=str(p),
-                            fix="pass the JSON written by `autosplit search -o FILE`")
+    text = read_input_text(p, what="plan file")
     try:
-        data = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"cannot read the plan ({exc.__class__.__name__})", file=str(p),
-                            fix="pass the plan JSON file, not a folder or binary file") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadInputError(f"not valid JSON ({exc.msg} at line {exc.lineno}, column "
                             f"{exc.colno})", file=str(p), fix="fix the JSON syntax") from None
-    return plan_from_dict(data, source=str(p))
-
-
-class _Reader:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, path: str, msg: str, fix: str | None = None) -> BadInputError:
-        return BadInputError(msg, file=self.source or None, field=path, fix=fix)
-
-    def get(self, d: Any, key: str, path: str, typ: type | tuple[type, ...], *,
-            default: Any = ..., fix: str | None = None) -> Any:
-        if not isinstance(d, dict):
-            raise self.fail(path, "expected a JSON object")
-        if key not in d:
-            if default is ...:
-                raise self.fail(f"{path}.{key}" if path else key, "missing field",
-                                fix or f"add '{key}'")
-            return default
-        val = d[key]
-        if typ is float and isinstance(val, int) and not isinstance(val, bool):
-            val = float(val)
-        if isinstance(val, bool) and typ in (int, float):
-            raise self.fail(f"{path}.{key}" if path else key, f"expected {typ.__name__}, got bool")
-        if not isinstance(val, typ):
-            name = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-            raise self.fail(f"{path}.{key}" if path else key,
-                            f"expected {name}, got {type(val).__name__}", fix)
-        return val
+    except RecursionError:
+        raise BadInputError("the JSON nests too deeply", file=str(p),
+                            fix="pass the JSON written by `autosplit search -o FILE`") from None
+    plan = plan_from_dict(data, source=str(p))
+    check_plan_structure(plan, source=str(p))
+    return plan
 
 
 def plan_from_dict(data: Any, *, source: str = "") -> Plan:
-    """Parse a plan dict (as written by ``Plan.to_dict``) with precise error messages."""
-    r = _Reader(source)
+    """Parse a plan dict (as written by ``Plan.to_dict``) with precise error messages.
+
+    Only the schema is checked (types, required and unknown fields, finite numbers), so tests
+    and tools can build deliberately inconsistent plans; ``load_plan`` checks the rest."""
+    src = source or None
     if not isinstance(data, dict):
-        raise r.fail("", "a plan must be a JSON object")
-    version = r.get(data, "schema_version", "", str)
+        raise BadInputError("a plan must be a JSON object", file=src,
+                            fix="pass the JSON written by `autosplit search -o FILE`")
+    version = data.get("schema_version")
+    if not isinstance(version, str):
+        raise BadInputError("missing required field" if version is None else
+                            f"expected text, got {type(version).__name__}", file=src,
+                            field="schema_version",
+                            fix=f'add "schema_version": "{SCHEMA_VERSION}" (see {PLAN_DOC})')
     if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-        raise r.fail("schema_version", f"unsupported plan schema {version!r} (this autosplit "
-                     f"reads {SCHEMA_VERSION})", "re-run `autosplit search` to regenerate it")
-    md = r.get(data, "model", "", dict)
-    model = ModelRef(
-        name=r.get(md, "name", "model", str), source_file=r.get(md, "source_file", "model", str),
-        fingerprint=r.get(md, "fingerprint", "model", str, default=""),
-        num_layers=r.get(md, "num_layers", "model", int), params=r.get(md, "params", "model", int),
-        seq_len=r.get(md, "seq_len", "model", int), dtype=r.get(md, "dtype", "model", str),
-        tokens_per_sample=r.get(md, "tokens_per_sample", "model", int),
-        block_list=r.get(md, "block_list", "model", str, default=""),
-        model_args={str(k): str(v) for k, v in
-                    r.get(md, "model_args", "model", dict, default={}).items()})
-    cd = r.get(data, "cluster", "", dict)
-    cluster = ClusterRef(
-        name=r.get(cd, "name", "cluster", str),
-        source_file=r.get(cd, "source_file", "cluster", str),
-        num_devices=r.get(cd, "num_devices", "cluster", int),
-        chips=tuple(r.get(cd, "chips", "cluster", list, default=[])))
-    stages = []
-    for k, sd in enumerate(r.get(data, "stages", "", list)):
-        path = f"stages[{k}]"
-        reps = []
-        for q, rd in enumerate(r.get(sd, "replicas", path, list)):
-            rpath = f"{path}.replicas[{q}]"
-            idx = r.get(rd, "local_indices", rpath, list)
-            if not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
-                raise r.fail(f"{rpath}.local_indices", "expected a list of integers")
-            reps.append(Replica(node=r.get(rd, "node", rpath, str), local_indices=tuple(idx),
-                                batch_share=r.get(rd, "batch_share", rpath, int),
-                                chip=r.get(rd, "chip", rpath, str, default="")))
-        stages.append(StagePlan(
-            index=r.get(sd, "index", path, int, default=k), chip=r.get(sd, "chip", path, str),
-            layer_start=r.get(sd, "layer_start", path, int),
-            layer_end=r.get(sd, "layer_end", path, int),
-            layer_names=tuple(r.get(sd, "layer_names", path, list, default=[])),
-            module_names=tuple(r.get(sd, "module_names", path, list, default=[])),
-            tp=r.get(sd, "tp", path, int), replicas=tuple(reps),
-            recompute=r.get(sd, "recompute", path, bool, default=False),
-            cost_source=r.get(sd, "cost_source", path, str, default="analytic")))
-    pred = None
-    if data.get("prediction") is not None:
-        pred = _prediction(data["prediction"], r)
-    sd = data.get("search") or {}
-    stats = SearchStats(
-        time_s=float(sd.get("time_s", 0.0)), explored=int(sd.get("explored", 0)),
-        pruned={str(k): int(v) for k, v in (sd.get("pruned") or {}).items()},
-        level1_candidates=int(sd.get("level1_candidates", 0)),
-        exact_solves=int(sd.get("exact_solves", 0)), solver=str(sd.get("solver", "dp")),
-        lower_bound_s=float(sd.get("lower_bound_s", 0.0)),
-        optimality_gap=float(sd.get("optimality_gap", 0.0)),
-        timed_out=bool(sd.get("timed_out", False)), notes=tuple(sd.get("notes", ())))
-    alts = tuple(Alternative(summary=str(a.get("summary", "")),
-                             iteration_s=float(a.get("iteration_s", 0.0)),
-                             ratio_to_best=float(a.get("ratio_to_best", 0.0)),
-                             stages=tuple(a.get("stages", ())))
-                 for a in data.get("alternatives", []) if isinstance(a, dict))
-    return Plan(
-        model=model, cluster=cluster, global_batch=r.get(data, "global_batch", "", int),
-        micro_batch_count=r.get(data, "micro_batch_count", "", int),
-        schedule=r.get(data, "schedule", "", str), zero1=r.get(data, "zero1", "", bool,
-                                                               default=False),
-        stages=tuple(stages),
-        memory_reserve_gb=r.get(data, "memory_reserve_gb", "", float, default=2.0),
-        prediction=pred, idle_devices=tuple(data.get("idle_devices", ())),
-        idle_note=str(data.get("idle_note", "")), search=stats, alternatives=alts,
-        schema_version=version)
+        raise BadInputError(f"unsupported plan schema {version!r} (this autosplit reads "
+                            f"{SCHEMA_VERSION})", file=src, field="schema_version",
+                            fix="re-run `autosplit search` to regenerate it")
+    data = _upgraded(data)
+    raw_prediction = data.pop("prediction", None)
+    plan = validate(Plan, json.dumps(data), file=src, doc=PLAN_DOC, from_json=True)
+    return replace(plan, prediction=_prediction(raw_prediction))
 
 
-def _prediction(pd: Any, r: _Reader) -> Prediction | None:
-    if not isinstance(pd, dict):
-        raise r.fail("prediction", "expected a JSON object or null")
-    try:
-        stages = tuple(StagePrediction(
-            index=int(s["index"]), fwd_s=float(s["fwd_s"]), bwd_s=float(s["bwd_s"]),
-            recompute_s=float(s["recompute_s"]), tp_comm_s=float(s["tp_comm_s"]),
-            p2p_in_s=float(s["p2p_in_s"]), p2p_out_s=float(s["p2p_out_s"]),
-            busy_s=float(s["busy_s"]), dp_allreduce_s=float(s["dp_allreduce_s"]),
-            optimizer_s=float(s["optimizer_s"]),
-            memory=MemoryBreakdown(**{k: float(v) for k, v in s["memory"].items()
-                                      if k in MemoryBreakdown.__dataclass_fields__}),
-            in_flight=int(s["in_flight"])) for s in pd.get("stages", []))
-        return Prediction(
-            iteration_s=float(pd["iteration_s"]), tokens_per_s=float(pd["tokens_per_s"]),
-            samples_per_s=float(pd["samples_per_s"]), mfu=float(pd["mfu"]),
-            pipeline_s=float(pd["pipeline_s"]), bubble_s=float(pd["bubble_s"]),
-            dp_sync_s=float(pd["dp_sync_s"]), optimizer_s=float(pd["optimizer_s"]),
-            bottleneck_stage=int(pd["bottleneck_stage"]), stages=stages)
-    except (KeyError, TypeError, ValueError):
-        # A prediction is derived data: a hand-edited or stale one is dropped and re-costed.
+def _upgraded(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with what earlier writers left out filled in, and the derived fields
+    (``micro_batch_samples``, a stage's ``dp``) dropped."""
+    data = {k: v for k, v in data.items() if k not in _DERIVED_TOP}
+    model = data.get("model")
+    if isinstance(model, dict):
+        model = {"fingerprint": "", "block_list": "", **model}
+        if isinstance(model.get("model_args"), dict):  # hand-written plans give numbers
+            model["model_args"] = {str(k): v if isinstance(v, str) else json.dumps(v)
+                                   for k, v in model["model_args"].items()}
+        data["model"] = model
+    stages = data.get("stages")
+    if isinstance(stages, list):
+        data["stages"] = [
+            {"index": k, "layer_names": [], "module_names": [], "recompute": False,
+             **{key: v for key, v in st.items() if key not in _DERIVED_STAGE}}
+            if isinstance(st, dict) else st for k, st in enumerate(stages)]
+    if data.get("search") is None:
+        data.pop("search", None)
+    return data
+
+
+def _prediction(raw: Any) -> Prediction | None:
+    """A prediction is derived data: a hand-edited, stale or malformed one is dropped (and
+    re-costed by whatever needs it) rather than refusing the plan."""
+    if raw is None:
         return None
+    try:
+        return validate(Prediction, json.dumps(raw), file=None, doc=PLAN_DOC, from_json=True)
+    except (BadInputError, TypeError, ValueError):
+        return None
+
+
+def _minor(version: str) -> int:
+    parts = version.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+@dataclass(frozen=True)
+class PlanSources:
+    """The files a plan was made from, as absolute paths ("" where the plan records none)."""
+
+    model_file: str
+    cluster_file: str
+    chip_dirs: tuple[str, ...]
+
+
+def plan_sources(plan: Plan, plan_file: str | Path | None) -> PlanSources:
+    """Where ``plan`` (read from ``plan_file``; ``None`` for a plan built in memory) says its
+    model, cluster and chip directories are, by the rule of its schema version."""
+    folder = Path(os.path.abspath(plan_file)).parent if plan_file is not None else None
+    as_typed = folder is None or _minor(plan.schema_version) < 1  # 1.0 recorded paths as typed
+
+    def where(path: str) -> str:
+        if not path or path.startswith("<") or os.path.isabs(path):
+            return path
+        if as_typed and (folder is None or Path(path).exists()):
+            return os.path.abspath(path)  # from the working directory first, as 1.0 did
+        return os.path.normpath(folder / path)
+
+    return PlanSources(model_file=where(plan.model.source_file),
+                       cluster_file=where(plan.cluster.source_file),
+                       chip_dirs=tuple(where(d) for d in plan.cluster.chip_dirs))

@@ -1,14 +1,18 @@
 """The plan: everything a runtime needs to execute a split, and the prediction behind it.
 
 Versioned (``SCHEMA_VERSION``) and documented in docs/plan-schema.md. ``Plan.to_dict`` and
-``Plan.from_dict`` are the only (de)serialisers, so hand-edited plans go through the same
-checks as searched ones.
+``autosplit.plan.io.plan_from_dict`` are the only (de)serialisers, so hand-edited plans go
+through the same checks as searched ones. These dataclasses are also the plan file's schema:
+pydantic validates a plan JSON straight into them (``TypeAdapter``; the ``with_config`` below
+refuses unknown keys and NaN/infinity) and publishes them as docs/schemas/plan.schema.json.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from pydantic import ConfigDict, with_config
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -24,9 +28,19 @@ __all__ = [
     "Plan",
 ]
 
-SCHEMA_VERSION = "1.0"
+#: 1.1: ``source_file`` and ``cluster.chip_dirs`` are relative to the plan file's folder (1.0:
+#: as typed, relative to the working directory); ``cluster.fingerprint`` and
+#: ``cluster.chip_dirs`` added; the schedule's ``virtual_stages``, each stage's pipeline
+#: ``rank`` (null: its index), and per stage of a prediction the weight-gradient time and
+#: whether its outgoing link blocks; the search's stop reason, work and perfect-balance time.
+#: 1.0 plans still load (each stage its own rank, paths as typed).
+SCHEMA_VERSION = "1.1"
+
+#: How a plan file is read: every key must be a field, every number finite.
+_FILE = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+@with_config(_FILE)
 @dataclass(frozen=True)
 class Replica:
     """One data-parallel replica of a stage: a TP group of devices inside one node.
@@ -42,9 +56,15 @@ class Replica:
     chip: str = ""
 
 
+@with_config(_FILE)
 @dataclass(frozen=True)
 class StagePlan:
-    """One pipeline stage: a contiguous range of partition units on one chip type."""
+    """One pipeline stage: a contiguous range of partition units on one chip type.
+
+    ``rank`` is the pipeline position whose devices run the stage (``pipeline_rank``). Unset
+    (``None``) it is the stage's own index: one stage per rank. Interleaved schedules put
+    several stages (virtual stages, model chunks) on each rank, and those share its devices.
+    """
 
     index: int
     chip: str
@@ -56,6 +76,11 @@ class StagePlan:
     replicas: tuple[Replica, ...]
     recompute: bool
     cost_source: str = "analytic"
+    rank: int | None = None
+
+    @property
+    def pipeline_rank(self) -> int:
+        return self.index if self.rank is None else self.rank
 
     @property
     def dp(self) -> int:
@@ -76,6 +101,7 @@ class StagePlan:
         return self.tp * self.dp
 
 
+@with_config(_FILE)
 @dataclass(frozen=True)
 class MemoryBreakdown:
     """Peak bytes on the most loaded device of a stage, and that device's capacity."""
@@ -96,6 +122,7 @@ class MemoryBreakdown:
         return self.total <= self.capacity
 
 
+@with_config(_FILE)
 @dataclass(frozen=True)
 class StagePrediction:
     """Per-micro-batch times of one stage (seconds), and its per-iteration tails."""
@@ -113,6 +140,12 @@ class StagePrediction:
     optimizer_s: float
     memory: MemoryBreakdown
     in_flight: int
+    #: The part of ``bwd_s`` that computes weight gradients (a pass of its own under a
+    #: split-backward schedule).
+    bwd_weight_s: float = 0.0
+    #: The transfer to the next stage blocks compute on both sides (CPU relay); else it
+    #: overlaps with compute and only delays the next stage.
+    blocking_out: bool = False
 
     @property
     def compute_s(self) -> float:
@@ -121,6 +154,7 @@ class StagePrediction:
         return self.fwd_s + self.bwd_s + self.recompute_s + self.tp_comm_s
 
 
+@with_config(_FILE)
 @dataclass(frozen=True)
 class Prediction:
     """What the cost model predicts for one iteration."""
@@ -137,6 +171,7 @@ class Prediction:
     stages: tuple[StagePrediction, ...]
 
 
+@with_config(_FILE)
 @dataclass(frozen=True)
 class SearchStats:
     """What the search did, so a user can judge how hard it looked."""
@@ -151,8 +186,19 @@ class SearchStats:
     optimality_gap: float = 0.0
     timed_out: bool = False
     notes: tuple[str, ...] = ()
+    #: What ended the search: ``complete`` (every cell proven or pruned), ``budget`` (the
+    #: deterministic work budget) or ``time_limit`` (the wall clock; machine-dependent).
+    stopped_by: str = "complete"
+    #: Work units spent and allowed (millions of elementary steps).
+    work: float = 0.0
+    budget: float = 0.0
+    #: The iteration time if every device worked all the time at its best efficiency (total
+    #: work over total effective compute: no bubble, no transfers, no memory limits);
+    #: ``perfect_balance_s / prediction.iteration_s`` says how close to that the plan is.
+    perfect_balance_s: float = 0.0
 
 
+@with_config(_FILE)
 @dataclass(frozen=True)
 class Alternative:
     """A next-best plan, summarised (shape and predicted time)."""
@@ -163,6 +209,7 @@ class Alternative:
     stages: tuple[dict[str, Any], ...] = ()
 
 
+@with_config(_FILE)
 @dataclass(frozen=True)
 class ModelRef:
     name: str
@@ -177,14 +224,21 @@ class ModelRef:
     model_args: dict[str, str] = field(default_factory=dict)
 
 
+@with_config(_FILE)
 @dataclass(frozen=True)
 class ClusterRef:
     name: str
     source_file: str
     num_devices: int
     chips: tuple[str, ...]
+    #: Hash of the cluster file's content when the plan was made ("" if unknown).
+    fingerprint: str = ""
+    #: Chip directories the plan was searched with besides the cluster file's own
+    #: (``--chips-dir``): chip files and measured profiles were looked up there.
+    chip_dirs: tuple[str, ...] = ()
 
 
+@with_config(_FILE)
 @dataclass(frozen=True)
 class Plan:
     """A complete, executable split plan."""
@@ -203,6 +257,12 @@ class Plan:
     idle_note: str = ""
     search: SearchStats = field(default_factory=SearchStats)
     alternatives: tuple[Alternative, ...] = ()
+    #: Stages (model chunks) per pipeline rank; more than 1 only for interleaved schedules.
+    virtual_stages: int = 1
+    #: Data-parallel gradient bucket size (MB) and whether its all-reduce overlaps the
+    #: backward (docs/cost-model.md §2); written only when not the defaults (25, true).
+    grad_bucket_mb: float = 25.0
+    grad_overlap: bool = True
     schema_version: str = SCHEMA_VERSION
 
     @property
@@ -214,9 +274,19 @@ class Plan:
     def num_stages(self) -> int:
         return len(self.stages)
 
+    @property
+    def num_ranks(self) -> int:
+        """Pipeline ranks (positions); the number of stages unless stages are virtual."""
+        return len({s.pipeline_rank for s in self.stages})
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["micro_batch_samples"] = self.micro_batch_samples
+        for key, default in (("grad_bucket_mb", 25.0), ("grad_overlap", True)):
+            if d[key] == default:  # plans made with the defaults read (and hash) as before
+                del d[key]
         for s, sd in zip(self.stages, d["stages"], strict=True):
             sd["dp"] = s.dp
+            if s.rank is None:  # written only where a schedule places stages on ranks, so
+                del sd["rank"]  # plans of one stage per rank read (and hash) as before
         return d

@@ -19,7 +19,7 @@ import yaml
 
 from autosplit.profiler.chip_bench import BenchResult, best_rate
 
-__all__ = ["calibrated_chip", "write_chip_yaml"]
+__all__ = ["calibrated_chip", "surface_peaks", "with_links", "with_surface", "write_chip_yaml"]
 
 _PEAK_KEY = {"bf16": "tflops_bf16", "fp16": "tflops_fp16", "fp32": "tflops_fp32"}
 
@@ -111,3 +111,29 @@ def write_chip_yaml(data: Mapping[str, Any], path: str | Path, *, header: str = 
     comments = "".join(f"# {line}\n" for line in header.splitlines()) if header else ""
     atomic_write_text(path, comments + text)
     return path
+
+
+def surface_peaks(data: Mapping[str, Any]) -> dict[str, float]:
+    """The dtype peaks (TFLOPS) a chip mapping gives, which a fitted surface is relative to."""
+    return {d: float(data[k]) for d, k in _PEAK_KEY.items() if k in data}
+
+
+def with_surface(data: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with a measured ``compute_surface`` (``surface_fit.surface_entry``)."""
+    out = dict(data)
+    out["compute_surface"] = dict(entry)
+    return out
+
+
+def with_links(data: Mapping[str, Any], *, alpha_s: float, beta_gbs: float, source: str
+               ) -> dict[str, Any]:
+    """``data`` with the intra-node link's fitted latency and bandwidth (``--links``)."""
+    out = dict(data)
+    provenance = dict(out.get("provenance") or {})
+    out["intra_node_latency_us"] = round(alpha_s * 1e6, 3)
+    out["intra_node_bw_gbs"] = round(beta_gbs, 3)
+    for key in ("intra_node_latency_us", "intra_node_bw_gbs"):
+        provenance[key] = {"source": source, "confidence": "measured"}
+    out["provenance"] = provenance
+    return out
+

@@ -20,7 +20,7 @@ import torch
 
 from autosplit.errors import BadInputError
 
-__all__ = ["DeviceHandle", "open_device", "device_description", "cpu_model_name"]
+__all__ = ["DeviceHandle", "Stopwatch", "open_device", "device_description", "cpu_model_name"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,60 @@ class DeviceHandle:
             # torch.accelerator grew memory functions later than synchronize (2.8/2.9).
             fn = getattr(getattr(torch, self.device.type, None), name, None)
         return fn
+
+
+def _event_type(handle: DeviceHandle) -> Any:
+    """The backend's timing event class (``torch.cuda.Event``, ``torch.xpu.Event`` …) if one
+    can be created and recorded here, else ``None``."""
+    if handle.is_cpu:
+        return None
+    event = getattr(getattr(torch, handle.device.type, None), "Event", None)
+    if event is None:
+        return None
+    try:
+        event(enable_timing=True).record()
+    except (RuntimeError, TypeError, AttributeError):
+        return None
+    return event
+
+
+class Stopwatch:
+    """Marks on the device's own timeline where it has timing events, else host clock readings
+    taken after the device drained its queue.
+
+    Device events time what the device did between two marks without stopping the host in
+    between, so a forward and its backward are timed back to back as training runs them;
+    the host clock is the fallback (the CPU, backends without events) and adds a
+    synchronisation per mark. ``kind`` says which applies; it is stored with each row.
+    """
+
+    def __init__(self, handle: DeviceHandle) -> None:
+        self.handle = handle
+        self._event = _event_type(handle)
+        self.kind = "device-events" if self._event is not None else "host-clock"
+        self._marks: list[Any] = []
+
+    def start(self) -> None:
+        """Forget earlier marks and take the first one."""
+        self._marks = []
+        self.mark()
+
+    def mark(self) -> None:
+        """Take a mark now (on the device's current stream, or on the host after a sync)."""
+        if self._event is None:
+            self._marks.append(self.handle.now())
+            return
+        event = self._event(enable_timing=True)
+        event.record()
+        self._marks.append(event)
+
+    def seconds(self, first: int, last: int) -> float:
+        """Seconds between mark ``first`` and mark ``last`` (waits for the device)."""
+        a, b = self._marks[first], self._marks[last]
+        if self._event is None:
+            return b - a
+        b.synchronize()
+        return a.elapsed_time(b) / 1e3
 
 
 def open_device(name: str) -> DeviceHandle:

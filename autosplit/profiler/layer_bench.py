@@ -46,10 +46,12 @@ from autosplit.profiler.capture import (
 )
 from autosplit.profiler.device import DeviceHandle, device_description
 from autosplit.profiler.store import ProfileRow
+from autosplit.profiler.structure import unit_structure
 from autosplit.profiler.timing import MemoryFigures, PhaseTimes, measure_memory, time_piece
 from autosplit.profiler.tp_estimate import LinearTimer, apply_tp
 
-__all__ = ["ProfileSettings", "ProgressSink", "profile_model", "count_steps"]
+__all__ = ["ProfileSettings", "ProgressSink", "profile_model", "count_steps",
+           "build_on_device", "training_loss", "example_inputs"]
 
 _NAN = float("nan")
 
@@ -64,6 +66,10 @@ class ProfileSettings:
     dtype: str = "bf16"
     repeats: int = 10
     warmup: int = 3
+    #: A set of runs whose spread is above this is taken again …
+    max_spread: float = 0.03
+    #: … up to this many sets (the one with the smallest spread is kept).
+    max_rounds: int = 5
 
 
 class ProgressSink(Protocol):
@@ -110,7 +116,7 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
-def _build_on_device(source: ModelSource, handle: DeviceHandle, dtype: torch.dtype) -> nn.Module:
+def build_on_device(source: ModelSource, handle: DeviceHandle, dtype: torch.dtype) -> nn.Module:
     """Instantiate the model directly on the device, in the training dtype."""
     args = ", ".join(f"{k}={v!r}" for k, v in sorted(source.model_args.items()))
     with torch.device(handle.device), _default_dtype(dtype):
@@ -123,7 +129,8 @@ def _build_on_device(source: ModelSource, handle: DeviceHandle, dtype: torch.dty
     return model
 
 
-def _loss(source: ModelSource) -> Callable[[Any, Any], torch.Tensor]:
+def training_loss(source: ModelSource) -> Callable[[Any, Any], torch.Tensor]:
+    """The model file's ``loss_fn``, else cross-entropy in fp32 as mixed precision runs it."""
     if source.loss_fn is not None:
         return source.loss_fn
 
@@ -138,8 +145,9 @@ def _loss(source: ModelSource) -> Callable[[Any, Any], torch.Tensor]:
     return cross_entropy
 
 
-def _batch(source: ModelSource, micro_batch: int, seq_len: int,
-           device: torch.device) -> tuple[tuple[Any, ...], Any]:
+def example_inputs(source: ModelSource, micro_batch: int, seq_len: int,
+                   device: torch.device) -> tuple[tuple[Any, ...], Any]:
+    """One seeded micro-batch from the model file's ``example_batch``, on the device."""
     torch.manual_seed(0)
     inputs, targets = call_user(source.example_batch, micro_batch, seq_len, device,
                                 path=source.path, what="example_batch",
@@ -348,7 +356,8 @@ def _minus(hollow: _Measured, other: _Measured, saved: float, method: str) -> _M
                        bwd_s=max(t.bwd_s - o.bwd_s, floor * t.bwd_s),
                        recompute_bwd_s=max(t.recompute_bwd_s - o.recompute_bwd_s,
                                            floor * t.recompute_bwd_s),
-                       repeats=t.repeats, spread=max(t.spread, o.spread))
+                       repeats=t.repeats, spread=max(t.spread, o.spread),
+                       rounds=max(t.rounds, o.rounds), timer=t.timer)
     memory = MemoryFigures(activation_bytes=saved, peak_bwd_bytes=_NAN,
                            saved_tensor_bytes=saved, method="saved-tensors")
     return _Measured(times=times, memory=memory, method=method)
@@ -364,8 +373,8 @@ class _Profiler:
         self.handle = handle
         self.settings = settings
         self.dtype = DTYPES[settings.dtype]
-        self.model = _build_on_device(source, handle, self.dtype)
-        self.loss_fn = _loss(source)
+        self.model = build_on_device(source, handle, self.dtype)
+        self.loss_fn = training_loss(source)
         self.units = _distinct_units(profile)
         self.linears = LinearTimer(handle=handle, dtype=self.dtype, warmup=settings.warmup,
                                    repeats=settings.repeats)
@@ -373,7 +382,8 @@ class _Profiler:
     def _measure(self, piece: _Piece, method: str) -> _Measured:
         s = self.settings
         times = time_piece(self.handle, piece.forward, params=piece.params,
-                           leaves=piece.leaves, warmup=s.warmup, repeats=s.repeats)
+                           leaves=piece.leaves, warmup=s.warmup, repeats=s.repeats,
+                           max_spread=s.max_spread, max_rounds=s.max_rounds)
         constants = [*piece.constants, *self.model.buffers()]
         memory = measure_memory(self.handle, piece.forward, params=piece.params,
                                 leaves=piece.leaves, constants=constants)
@@ -381,7 +391,7 @@ class _Profiler:
 
     def measure(self, micro_batch: int) -> tuple[dict[str, _Measured], ModelCapture]:
         """Every distinct unit at ``micro_batch`` (tp = 1), keyed by unit name."""
-        inputs, targets = _batch(self.source, micro_batch, self.settings.seq_len,
+        inputs, targets = example_inputs(self.source, micro_batch, self.settings.seq_len,
                                  self.handle.device)
         blocks = [u for u in self.profile.layers if u.kind == "block"]
         watched = {u.name: u.module_names for u in self.units}
@@ -477,7 +487,8 @@ def profile_model(path: str, *, model_args: dict[str, str], settings: ProfileSet
                     progress(f"{unit.name} mb={micro_batch} tp={tp}")
                 if measured is None:
                     continue
-                times = apply_tp(measured.times, linears, tp, profiler.linears)
+                times = replace(apply_tp(measured.times, linears, tp, profiler.linears),
+                                rounds=measured.times.rounds, timer=measured.times.timer)
                 memory = measured.memory if tp == 1 else None
                 method = measured.method if tp == 1 else f"{measured.method}+linear-shards"
                 rows.append(ProfileRow(
@@ -489,7 +500,9 @@ def profile_model(path: str, *, model_args: dict[str, str], settings: ProfileSet
                     activation_bytes=memory.activation_bytes if memory else _NAN,
                     peak_bwd_bytes=memory.peak_bwd_bytes if memory else _NAN,
                     repeats=times.repeats, spread=round(times.spread, 6), method=method,
-                    device=device, command=command, date=date))
+                    device=device, command=command, date=date,
+                    structure=unit_structure(unit).key, rounds=times.rounds,
+                    timer=times.timer))
         handle.empty_cache()
     if not rows:
         raise BadInputError("no unit could be measured", file=path,

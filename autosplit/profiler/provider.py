@@ -2,8 +2,9 @@
 
 The search asks one question per (unit, chip, micro-batch, TP degree): how long do forward,
 backward and recomputation take? Where ``profiles/<chip>/measured/*.csv`` holds a row for that
-chip, the unit's ``layer_kind``, the model's sequence length, the TP degree and the dtype, the
-answer is measured (``source="measured"``); otherwise it is the analytic roofline's
+chip, the unit (its structure key: what decides its cost, see ``structure``; for older rows
+its ``layer_kind``), the model's sequence length, the TP degree and the dtype, the answer is
+measured (``source="measured"``); otherwise it is the analytic roofline's
 (``source="analytic"``), so a plan can say which of its stages rest on measurements.
 
 Micro-batch sizes between two measured ones are interpolated linearly; outside the measured
@@ -21,10 +22,13 @@ from pathlib import Path
 
 from autosplit.chips.spec import ChipSpec
 from autosplit.model.types import LayerProfile, ModelProfile
+from autosplit.profiler.status import find_mismatches
 from autosplit.profiler.store import ProfileRow, is_layer_profile, profiles_root, read_rows
+from autosplit.profiler.structure import unit_structure
 from autosplit.protocols.cost import LayerCostProvider, LayerTiming
 
-__all__ = ["MeasuredCosts", "cost_provider_for", "load_measured_rows", "interpolate"]
+__all__ = ["MeasuredCosts", "cost_provider_for", "load_measured_rows", "profile_files",
+           "interpolate"]
 
 def interpolate(points: Sequence[tuple[int, float]], x: float) -> float:
     """Piecewise-linear through ``points`` (sorted by x); proportional to x outside them."""
@@ -40,12 +44,12 @@ def interpolate(points: Sequence[tuple[int, float]], x: float) -> float:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-def load_measured_rows(chips: Iterable[str], *, extra_dirs: Sequence[str | Path] = ()
-                       ) -> list[ProfileRow]:
-    """Layer-profile rows of ``chips`` from ``profiles/<chip>/measured/`` and ``extra_dirs``.
+def profile_files(chips: Iterable[str], *, extra_dirs: Sequence[str | Path] = ()
+                  ) -> list[tuple[Path, list[ProfileRow]]]:
+    """Each layer-profile file that holds rows of ``chips``, with those rows, in reading order.
 
-    ``extra_dirs`` are searched for ``*.csv`` directly and in ``<chip>/measured/``; rows of
-    other chips are ignored. Later files override earlier ones for the same shape.
+    Files come from ``profiles/<chip>/measured/`` and ``extra_dirs`` (``*.csv`` directly and in
+    ``<chip>/measured/``); rows of other chips are left out, as are files without any.
     """
     wanted = {c.lower() for c in chips}
     files: list[Path] = []
@@ -60,47 +64,67 @@ def load_measured_rows(chips: Iterable[str], *, extra_dirs: Sequence[str | Path]
             files.extend(sorted(extra.glob("*.csv")))
         elif extra.is_file():
             files.append(extra)
-    merged: dict[tuple, ProfileRow] = {}
+    out: list[tuple[Path, list[ProfileRow]]] = []
     seen: set[Path] = set()
     for path in files:
         resolved = path.resolve()
         if resolved in seen or not is_layer_profile(path):
             continue
         seen.add(resolved)
-        for row in read_rows(path):
-            if row.chip.lower() in wanted:
-                merged[row.key] = row
+        rows = [r for r in read_rows(path) if r.chip.lower() in wanted]
+        if rows:
+            out.append((path, rows))
+    return out
+
+
+def load_measured_rows(chips: Iterable[str], *, extra_dirs: Sequence[str | Path] = ()
+                       ) -> list[ProfileRow]:
+    """Layer-profile rows of ``chips`` from ``profiles/<chip>/measured/`` and ``extra_dirs``
+    (see ``profile_files``). Later files override earlier ones for the same shape."""
+    merged: dict[tuple, ProfileRow] = {}
+    for _, rows in profile_files(chips, extra_dirs=extra_dirs):
+        merged.update({r.key: r for r in rows})
     return list(merged.values())
 
 
 class MeasuredCosts:
     """``LayerCostProvider`` answering from measured rows, else from ``fallback``.
 
-    Rows are found by the unit's ``layer_kind``; failing that, for the model itself (same
+    Rows are found by the unit's structure key (what decides its cost, see ``structure``), so
+    they survive edits of the model file that leave the work unchanged; rows written before
+    rows carried that key are found by ``layer_kind`` or, for the model itself (same
     ``fingerprint``: same file, model arguments, sequence length and dtype), by the name of
-    the first unit of that kind, the unit the profiler measured. The second key keeps a
-    profile usable when the kind key changes with the environment that computed it.
+    the first unit of that kind, the unit the profiler measured. ``mismatches`` are the
+    profiles of this model that exist but are not used (see ``status``).
     """
 
     def __init__(self, rows: Iterable[ProfileRow], *, seq_len: int,
                  fallback: LayerCostProvider | None = None,
-                 model: ModelProfile | None = None) -> None:
+                 model: ModelProfile | None = None,
+                 mismatches: Sequence[object] = ()) -> None:
         if fallback is None:
             from autosplit.cost.analytic import AnalyticCosts
 
             fallback = AnalyticCosts()
         self.fallback = fallback
         self.seq_len = seq_len
+        self.mismatches = tuple(mismatches)
         fingerprint = model.fingerprint if model is not None else ""
         self._fingerprint = fingerprint
+        self._structures: dict[LayerProfile, str] = {}
         self._first_unit: dict[str, str] = {}
         if model is not None:
             for layer in model.layers:
                 self._first_unit.setdefault(layer.layer_kind or layer.name, layer.name)
+        by_structure: dict[tuple, dict[int, ProfileRow]] = {}
         by_kind: dict[tuple, dict[int, ProfileRow]] = {}
         by_unit: dict[tuple, dict[int, ProfileRow]] = {}
         for row in rows:
             if row.seq_len != seq_len:
+                continue
+            if row.structure:
+                by_structure.setdefault((row.chip.lower(), row.structure, row.tp, row.dtype),
+                                        {})[row.micro_batch] = row
                 continue
             key = (row.chip.lower(), row.layer_kind, row.tp, row.dtype)
             slot = by_kind.setdefault(key, {})
@@ -112,6 +136,7 @@ class MeasuredCosts:
             if fingerprint and row.model_fingerprint == fingerprint:
                 unit_key = (row.chip.lower(), row.unit, row.tp, row.dtype)
                 by_unit.setdefault(unit_key, {})[row.micro_batch] = row
+        self._by_structure = {k: [v[mb] for mb in sorted(v)] for k, v in by_structure.items()}
         self._by_kind = {k: [v[mb] for mb in sorted(v)] for k, v in by_kind.items()}
         self._by_unit = {k: [v[mb] for mb in sorted(v)] for k, v in by_unit.items()}
 
@@ -123,10 +148,15 @@ class MeasuredCosts:
               ) -> list[ProfileRow] | None:
         kind = layer.layer_kind or layer.name
         unit = self._first_unit.get(kind)
+        structure = self._structures.get(layer)
+        if structure is None:
+            structure = self._structures[layer] = unit_structure(layer).key
         for name in (chip.name, *chip.aliases):
-            rows = self._by_kind.get((name.lower(), kind, tp, dtype))
+            chip_key = name.lower()
+            rows = (self._by_structure.get((chip_key, structure, tp, dtype))
+                    or self._by_kind.get((chip_key, kind, tp, dtype)))
             if not rows and unit is not None:
-                rows = self._by_unit.get((name.lower(), unit, tp, dtype))
+                rows = self._by_unit.get((chip_key, unit, tp, dtype))
             if rows:
                 return rows
         return None
@@ -162,6 +192,9 @@ def cost_provider_for(*, model: ModelProfile, chips: Iterable[str],
     ``chips`` are the chip names of the cluster (canonical names; aliases of the chip specs
     are matched at lookup time too).
     """
-    chips = list(chips)
-    rows = load_measured_rows(chips, extra_dirs=extra_dirs)
-    return MeasuredCosts(rows, seq_len=model.seq_len, model=model)
+    files = profile_files(list(chips), extra_dirs=extra_dirs)
+    merged: dict[tuple, ProfileRow] = {}
+    for _, rows in files:
+        merged.update({r.key: r for r in rows})
+    return MeasuredCosts(list(merged.values()), seq_len=model.seq_len, model=model,
+                         mismatches=find_mismatches(model, files))

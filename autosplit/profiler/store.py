@@ -18,6 +18,7 @@ from pathlib import Path
 
 from autosplit.atomic import atomic_write_text
 from autosplit.errors import BadInputError
+from autosplit.inputs.files import read_input_text
 
 __all__ = ["ProfileRow", "COLUMNS", "REQUIRED_COLUMNS", "write_rows", "read_rows",
            "is_layer_profile", "merge_rows", "profiles_root"]
@@ -54,6 +55,16 @@ class ProfileRow:
     device: str
     command: str
     date: str
+    #: The unit's cost-deciding figures when measured (``structure.UnitStructure.key``): how
+    #: a row is found again after the model file changed; empty in rows written before it.
+    structure: str = ""
+    #: Sets of ``repeats`` runs taken to bring ``spread`` under the target (0: not recorded).
+    rounds: int = 0
+    #: ``device-events`` or ``host-clock`` (see ``device.Stopwatch``); empty: not recorded.
+    timer: str = ""
+    #: What the device's other clients ran while this row was measured (``profile --load``);
+    #: empty: nothing recorded (an unshared device, or rows written before the column).
+    load: str = ""
 
     @property
     def key(self) -> tuple[str, str, int, int, int, str]:
@@ -66,7 +77,7 @@ COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ProfileRow))
 #: Columns a file must have to be read as a layer profile; the rest default.
 REQUIRED_COLUMNS: tuple[str, ...] = ("chip", "layer_kind", "seq_len", "micro_batch", "tp",
                                      "dtype", "fwd_s", "bwd_s")
-_INT_COLUMNS = {"seq_len", "micro_batch", "tp", "repeats"}
+_INT_COLUMNS = {"seq_len", "micro_batch", "tp", "repeats", "rounds"}
 _FLOAT_COLUMNS = {"fwd_s", "bwd_s", "recompute_bwd_s", "activation_bytes", "peak_bwd_bytes",
                   "spread"}
 _DTYPES = ("bf16", "fp16", "fp32")
@@ -104,11 +115,14 @@ def write_rows(rows: Sequence[ProfileRow], path: str | Path) -> Path:
 
 
 def is_layer_profile(path: str | Path) -> bool:
-    """Whether the CSV at ``path`` has the layer-profile header (other CSVs are skipped)."""
+    """Whether the CSV at ``path`` has the layer-profile header (other CSVs are skipped; so is
+    anything that is not a regular file, which could block or never end)."""
+    if not Path(path).is_file():
+        return False
     try:
         with open(path, newline="") as fh:
             header = next(csv.reader(fh), [])
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, csv.Error):
         return False
     return all(c in header for c in REQUIRED_COLUMNS)
 
@@ -129,8 +143,9 @@ def _parse(value: str, column: str, *, file: str, line: int) -> object:
 def read_rows(path: str | Path) -> list[ProfileRow]:
     """Read and validate one profile CSV; ``BadInputError`` names the line and column."""
     name = str(path)
+    text = read_input_text(path, what="profile CSV")
     try:
-        with open(path, newline="") as fh:
+        with io.StringIO(text, newline="") as fh:
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
             missing = [c for c in REQUIRED_COLUMNS if c not in header]
@@ -145,10 +160,9 @@ def read_rows(path: str | Path) -> list[ProfileRow]:
                 row = ProfileRow(**values)  # type: ignore[arg-type]
                 _validate(row, file=name, line=line)
                 rows.append(row)
-    except OSError as exc:
-        raise BadInputError(f"cannot read profile ({exc.strerror})", file=name) from exc
-    except UnicodeDecodeError as exc:
-        raise BadInputError("not a text CSV file", file=name) from exc
+    except csv.Error as exc:
+        raise BadInputError(f"not a CSV table ({exc})", file=name,
+                            fix="pass a profile CSV written by `autosplit profile`") from None
     return rows
 
 

@@ -3,7 +3,9 @@
 The same routine times a transformer block, a chain of head modules or a lone Linear, so every
 figure in the profile store is measured the same way: warm-up runs first (kernel selection,
 allocator growth, lazy initialisation stay out of the numbers), then ``repeats`` runs, of which
-the median is kept and the interquartile range over the median is reported as the spread.
+the median is kept and the interquartile range over the median is reported as the spread; a set
+of runs whose spread is above the target is taken again (see ``time_piece``). Times are read
+from the device's timing events where it has them (``Stopwatch``), else from the host clock.
 "Recompute + backward" is the backward of the piece run under ``torch.utils.checkpoint``: it
 reruns the forward, exactly what activation recomputation costs in training.
 
@@ -18,12 +20,12 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from autosplit.profiler.device import DeviceHandle
+from autosplit.profiler.device import DeviceHandle, Stopwatch
 
 __all__ = ["PhaseTimes", "MemoryFigures", "time_piece", "measure_memory", "median_spread"]
 
@@ -31,13 +33,17 @@ __all__ = ["PhaseTimes", "MemoryFigures", "time_piece", "measure_memory", "media
 @dataclass(frozen=True)
 class PhaseTimes:
     """Median seconds of each phase over ``repeats`` runs; ``spread`` is the largest relative
-    interquartile range of the phases (NaN recompute when it was not timed)."""
+    interquartile range of the phases (NaN recompute when it was not timed). ``rounds`` is how
+    many sets of ``repeats`` runs were taken to bring the spread under the target (the set
+    with the smallest spread is kept); ``timer`` is ``device-events`` or ``host-clock``."""
 
     fwd_s: float
     bwd_s: float
     recompute_bwd_s: float
     repeats: int
     spread: float
+    rounds: int = 1
+    timer: str = "host-clock"
 
 
 @dataclass(frozen=True)
@@ -79,44 +85,77 @@ def _clear_grads(params: Sequence[torch.Tensor], leaves: Sequence[torch.Tensor])
         tensor.grad = None
 
 
+@dataclass(frozen=True)
+class _Samples:
+    """Seconds of each phase, one entry per timed run."""
+
+    fwd: list[float]
+    bwd: list[float]
+    rc: list[float]
+
+
+def _runs(watch: Stopwatch, forward: Callable[[], torch.Tensor], *,
+          params: Sequence[torch.Tensor], leaves: Sequence[torch.Tensor], count: int,
+          recompute: bool, grads: dict[tuple[int, ...], torch.Tensor]) -> _Samples:
+    """``count`` runs of forward, backward and (with ``recompute``) checkpointed
+    forward + backward; marks 0-1 the forward, 1-2 the backward, 3-4 the recompute backward."""
+    samples = _Samples(fwd=[], bwd=[], rc=[])
+    for _ in range(count):
+        _clear_grads(params, leaves)
+        watch.start()
+        out = forward()
+        watch.mark()
+        _backward(out, grads)
+        watch.mark()
+        del out
+        if recompute:
+            _clear_grads(params, leaves)
+            out = checkpoint(forward, use_reentrant=False)
+            watch.mark()
+            _backward(out, grads)
+            watch.mark()
+            del out
+        samples.fwd.append(watch.seconds(0, 1))
+        samples.bwd.append(watch.seconds(1, 2))
+        samples.rc.append(watch.seconds(3, 4) if recompute else 0.0)
+    return samples
+
+
+def _summary(samples: _Samples, *, recompute: bool, timer: str, rounds: int) -> PhaseTimes:
+    fwd_s, fwd_spread = median_spread(samples.fwd)
+    bwd_s, bwd_spread = median_spread(samples.bwd)
+    rc_s, rc_spread = median_spread(samples.rc) if recompute else (float("nan"), 0.0)
+    return PhaseTimes(fwd_s=fwd_s, bwd_s=bwd_s, recompute_bwd_s=rc_s,
+                      repeats=len(samples.fwd), spread=max(fwd_spread, bwd_spread, rc_spread),
+                      rounds=rounds, timer=timer)
+
+
 def time_piece(handle: DeviceHandle, forward: Callable[[], torch.Tensor], *,
                params: Sequence[torch.Tensor], leaves: Sequence[torch.Tensor] = (),
-               warmup: int, repeats: int, recompute: bool = True) -> PhaseTimes:
+               warmup: int, repeats: int, recompute: bool = True, max_spread: float = 0.0,
+               max_rounds: int = 1) -> PhaseTimes:
     """Time ``forward`` (returning a tensor to backpropagate from) and its backward.
 
     ``params`` and ``leaves`` (inputs that need gradients) have their gradients cleared before
     every run so each backward allocates them afresh, as the first micro-batch of a step does.
+    A set of ``repeats`` runs whose spread is above ``max_spread`` is taken again, up to
+    ``max_rounds`` sets: a neighbour's burst or a clock change spoils one set, not the next;
+    the set with the smallest spread is kept, and ``rounds`` says how many were taken.
     """
+    watch = Stopwatch(handle)
     grads: dict[tuple[int, ...], torch.Tensor] = {}
-    fwd: list[float] = []
-    bwd: list[float] = []
-    rc: list[float] = []
-    for i in range(warmup + repeats):
-        _clear_grads(params, leaves)
-        t0 = handle.now()
-        out = forward()
-        t1 = handle.now()
-        _backward(out, grads)
-        t2 = handle.now()
-        del out
-        t3 = t4 = 0.0
-        if recompute:
-            _clear_grads(params, leaves)
-            out = checkpoint(forward, use_reentrant=False)
-            t3 = handle.now()
-            _backward(out, grads)
-            t4 = handle.now()
-            del out
-        if i >= warmup:
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
-            rc.append(t4 - t3)
+    common = {"params": params, "leaves": leaves, "recompute": recompute, "grads": grads}
+    _runs(watch, forward, count=warmup, **common)
+    best = _summary(_runs(watch, forward, count=repeats, **common), recompute=recompute,
+                    timer=watch.kind, rounds=1)
+    for rounds in range(2, max_rounds + 1):
+        if best.spread <= max_spread:
+            break
+        times = _summary(_runs(watch, forward, count=repeats, **common), recompute=recompute,
+                         timer=watch.kind, rounds=rounds)
+        best = replace(times if times.spread < best.spread else best, rounds=rounds)
     _clear_grads(params, leaves)
-    fwd_s, fwd_spread = median_spread(fwd)
-    bwd_s, bwd_spread = median_spread(bwd)
-    rc_s, rc_spread = median_spread(rc) if recompute else (float("nan"), 0.0)
-    return PhaseTimes(fwd_s=fwd_s, bwd_s=bwd_s, recompute_bwd_s=rc_s, repeats=repeats,
-                      spread=max(fwd_spread, bwd_spread, rc_spread))
+    return best
 
 
 class _SavedCounter:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from autosplit.cost.schedule_sim import Interval, Simulation
 from autosplit.plan.schema import Plan, StagePlan, StagePrediction
 from autosplit.report.fmt import fmt_bytes, fmt_pct, fmt_seconds
 from autosplit.report.svg import Svg, nice_step, stage_color
-from autosplit.report.timeline import Interval, Timeline
 
 __all__ = [
     "KIND_COLORS",
@@ -35,6 +35,7 @@ LABEL_W = 190
 KIND_COLORS: dict[str, str] = {
     "F": "#4e79a7",
     "B": "#59a14f",
+    "W": "#8cd17d",
     "recompute": "#2d6a27",
     "p2p": "#b07aa1",
     "dp_sync": "#e15759",
@@ -42,7 +43,8 @@ KIND_COLORS: dict[str, str] = {
     "idle": "#e3e6ea",
 }
 KIND_NAMES: dict[str, str] = {
-    "F": "forward", "B": "backward", "recompute": "recompute (in backward)",
+    "F": "forward", "B": "backward", "W": "weight gradient (split backward)",
+    "recompute": "recompute (in backward)",
     "p2p": "transfer between stages (inside a bar: blocking)", "dp_sync": "DP gradient all-reduce",
     "optimizer": "optimizer step", "idle": "idle (bubble)",
 }
@@ -293,12 +295,36 @@ def cluster_map_svg(plan: Plan, *, node_chips: dict[str, str] | None = None) -> 
 # pipeline timeline (Gantt)
 # --------------------------------------------------------------------------------------
 
-def timeline_svg(plan: Plan, timeline: Timeline, *, predicted_s: float | None = None,
+def _rank_head(svg: Svg, plan: Plan, stages: Sequence[int], rank: int, *, y: float,
+               h: float) -> None:
+    """The label left of a rank's row: its stage when it runs one, else ``R0 · S0+S4``."""
+    if len(stages) == 1:
+        s = stages[0]
+        _stage_head(svg, plan.stages[s] if s < len(plan.stages) else None, s, y=y, h=h)
+        return
+    for q, s in enumerate(stages):  # one colour segment per chunk
+        seg = (h - 6) / len(stages)
+        svg.rect(0, y + 3 + q * seg, 6, seg, fill=stage_color(s))
+    names = "+".join(f"S{s}" for s in stages)
+    st = plan.stages[stages[0]] if stages[0] < len(plan.stages) else None
+    svg.text(12, y + h / 2 - 7, f"R{rank} · {names}", size=12, weight="600",
+             title=", ".join(stage_label(plan.stages[s]) for s in stages
+                             if s < len(plan.stages)))
+    if st is not None:
+        chip = st.chip if len(st.chip) <= 14 else st.chip[:13] + "…"
+        svg.text(12, y + h / 2 + 8, f"{chip} · TP{st.tp} × DP{st.dp}", size=11, fill="#666")
+
+
+def timeline_svg(plan: Plan, timeline: Simulation, *, predicted_s: float | None = None,
                  until_s: float | None = None, legend: bool = True) -> Svg:
-    """One row per stage: forwards, backwards (recompute part darker) and the tails; the
-    transfers between two stages sit in the gap between their rows; gaps are the bubble.
+    """One row per pipeline rank: forwards, backwards (recompute part darker), weight
+    gradients under a split backward, and the tails; a thin strip in the stage's colour on
+    each pass tells the chunks of an interleaved rank apart. Transfers between two adjacent
+    ranks sit in the gap between their rows, those between the last rank and the first (the
+    wrap of an interleaved schedule) in a gap below the last row; gaps are the bubble.
     ``until_s`` draws only the start of the iteration (a close-up of the warm-up)."""
-    p = timeline.num_stages
+    p = timeline.num_ranks
+    ranks = timeline.ranks
     row_h, link_h = 32, 12
     left, right = LABEL_W, 24
     span = max(timeline.makespan_s, predicted_s or 0.0) or 1.0
@@ -308,42 +334,53 @@ def timeline_svg(plan: Plan, timeline: Timeline, *, predicted_s: float | None = 
         until_s = None
     svg = Svg(WIDTH, 0, label=f"Pipeline timeline ({timeline.schedule})")
     top = 22.0
+    kinds = ["F", "B"] + (["W"] if any(iv.kind == "W" for iv in timeline.intervals) else [])
     if legend:
-        top += _legend(svg, [(KIND_NAMES[k], KIND_COLORS[k]) for k in
-                             ("F", "B", "recompute", "p2p", "dp_sync", "optimizer", "idle")],
+        names = dict(KIND_NAMES, B="backward (input gradient)") if "W" in kinds else KIND_NAMES
+        top += _legend(svg, [(names[k], KIND_COLORS[k]) for k in
+                             (*kinds, "recompute", "p2p", "dp_sync", "optimizer", "idle")],
                        x=left, y=10, max_x=WIDTH - 140)
-    svg.height = top + p * row_h + max(p - 1, 0) * link_h + 34
+
+    def gap_of(a: int, b: int) -> int:
+        """The gap (below row ``g``) that holds a transfer between ranks ``a`` and ``b``."""
+        return min(a, b) if abs(a - b) == 1 else p - 1
+
+    wraps = any(abs(ranks[s] - ranks[s + 1]) > 1 for s in range(len(ranks) - 1))
+    gaps = max(p - 1, 0) + (1 if wraps else 0)
+    svg.height = top + p * row_h + gaps * link_h + 34
     x0, x1 = left, WIDTH - right
-    axis_y = top + p * row_h + max(p - 1, 0) * link_h + 8
+    axis_y = top + p * row_h + gaps * link_h + 8
     scale = _axis(svg, x0=x0, x1=x1, y=axis_y, top=top - 6, span_s=span)
 
-    def row_y(s: int) -> float:
-        return top + s * (row_h + link_h)
+    def row_y(r: int) -> float:
+        return top + r * (row_h + link_h)
 
-    for s in range(p):
-        y = row_y(s)
-        _stage_head(svg, plan.stages[s] if s < len(plan.stages) else None, s, y=y, h=row_h)
+    for r in range(p):
+        y = row_y(r)
+        _rank_head(svg, plan, timeline.stages_of(r), r, y=y, h=row_h)
         svg.rect(x0, y, min(timeline.pipeline_s, span) * scale, row_h, fill=KIND_COLORS["idle"],
-                 title=(f"stage {s}: idle {fmt_seconds(timeline.idle_s(s))} of "
+                 title=(f"rank {r}: idle {fmt_seconds(timeline.idle_s(r))} of "
                         f"{fmt_seconds(timeline.pipeline_s)} "
-                        f"({fmt_pct(timeline.idle_s(s) / timeline.pipeline_s)})"
-                        if timeline.pipeline_s > 0 else f"stage {s}"))
+                        f"({fmt_pct(timeline.idle_s(r) / timeline.pipeline_s)})"
+                        if timeline.pipeline_s > 0 else f"rank {r}"))
+    interleaved = p < timeline.num_stages
     for iv in timeline.intervals:
         if until_s is not None and iv.start_s >= until_s:
             continue
         w = (min(iv.end_s, span) - iv.start_s) * scale
         xs = x0 + iv.start_s * scale
         if iv.kind in ("p2p_fwd", "p2p_bwd"):
-            y = row_y(iv.stage) + row_h + (1 if iv.kind == "p2p_fwd" else link_h / 2)
+            g = gap_of(ranks[iv.stage], ranks[iv.stage + 1])
+            y = row_y(g) + row_h + (1 if iv.kind == "p2p_fwd" else link_h / 2)
             direction = (f"S{iv.stage}→S{iv.stage + 1} activations" if iv.kind == "p2p_fwd"
                          else f"S{iv.stage + 1}→S{iv.stage} gradients")
             svg.rect(xs, y, max(w, 1.0), link_h / 2 - 1, fill=KIND_COLORS["p2p"],
                      title=f"{direction}, micro-batch {iv.micro_batch}: "
                            f"{fmt_seconds(iv.start_s)} → {fmt_seconds(iv.end_s)}")
             continue
-        y = row_y(iv.stage)
-        if iv.kind in ("F", "B"):
-            label = "forward" if iv.kind == "F" else "backward"
+        y = row_y(iv.rank)
+        if iv.kind in ("F", "B", "W"):
+            label = KIND_NAMES[iv.kind]
             tip = (f"stage {iv.stage} {label} of micro-batch {iv.micro_batch}: "
                    f"{fmt_seconds(iv.start_s)} → {fmt_seconds(iv.end_s)} "
                    f"({fmt_seconds(iv.duration_s)})")
@@ -351,6 +388,9 @@ def timeline_svg(plan: Plan, timeline: Timeline, *, predicted_s: float | None = 
                      title=tip)
             _pass_parts(svg, iv, timeline, xs=xs, y=y + 1, h=row_h - 2, scale=scale, tip=tip,
                         max_x=x1)
+            if interleaved:
+                svg.rect(xs, y + 1, max(w - 0.6, 0.6), 4, fill=stage_color(iv.stage),
+                         title=tip)
             if w >= 5 + 6 * len(str(iv.micro_batch)):
                 svg.text(xs + w / 2, y + row_h / 2 + 1, str(iv.micro_batch), size=10,
                          anchor="middle", fill="#fff")
@@ -361,17 +401,17 @@ def timeline_svg(plan: Plan, timeline: Timeline, *, predicted_s: float | None = 
     if predicted_s and predicted_s <= span:
         xp = x0 + predicted_s * scale
         svg.line(xp, top - 8, xp, axis_y, stroke="#222", width=1.2, dash="5 3")
-        svg.text(min(xp, x1) - 4, top - 14, f"cost model: {fmt_seconds(predicted_s)}",
+        svg.text(min(xp, x1) - 4, top - 14, f"predicted iteration: {fmt_seconds(predicted_s)}",
                  size=11, anchor="end", fill="#222")
     return svg
 
 
-def _pass_parts(svg: Svg, iv: Interval, timeline: Timeline, *, xs: float, y: float,
+def _pass_parts(svg: Svg, iv: Interval, timeline: Simulation, *, xs: float, y: float,
                 h: float, scale: float, tip: str, max_x: float) -> None:
     """Overlay the parts of a pass that are not its own compute: transfers over a blocking
     link (receive first and send last in a forward; the reverse in a backward) and the
-    recomputation at the start of a backward."""
-    if iv.stage >= len(timeline.stage_times):
+    recomputation at the start of a backward. A weight-gradient pass has neither."""
+    if iv.stage >= len(timeline.stage_times) or iv.kind == "W":
         return
     st = timeline.stage_times[iv.stage]
     if iv.kind == "F":

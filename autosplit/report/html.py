@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
+from autosplit.cost.schedule_sim import Simulation
 from autosplit.plan.schema import Alternative, Plan, Replica, StagePlan, StagePrediction
 from autosplit.report.charts import (
     cluster_map_svg,
@@ -30,23 +31,16 @@ from autosplit.report.fmt import (
     fmt_signed_pct,
     layer_span,
 )
+from autosplit.report.idle import idle_summary
 from autosplit.report.measured import MeasuredRun, compare_stages, relative_error
 from autosplit.report.svg import stage_color
-from autosplit.report.timeline import Timeline, simulate, stage_times_from_prediction
+from autosplit.report.timeline import bubble_share, plan_timeline
 
 __all__ = ["render_html", "plan_timeline", "device_list", "stage_devices", "alternative_layout"]
 
 
 #: Above this many micro-batches the timeline gets a close-up of its start.
 _CLOSE_UP_ABOVE = 24
-
-
-def plan_timeline(plan: Plan) -> Timeline | None:
-    """The simulated iteration of ``plan`` (None when the plan carries no prediction)."""
-    if plan.prediction is None:
-        return None
-    return simulate(stage_times_from_prediction(plan.prediction),
-                    micro_batches=plan.micro_batch_count, schedule=plan.schedule)
 
 
 def _ranges(indices: Sequence[int]) -> str:
@@ -149,13 +143,13 @@ def _header(plan: Plan, notes: Sequence[str], nav: Sequence[tuple[str, str]]) ->
     cards: list[tuple[str, str, str]] = []
     if pred is not None:
         bn = next((st for st in plan.stages if st.index == pred.bottleneck_stage), None)
-        bubble = pred.bubble_s / pred.iteration_s if pred.iteration_s else 0.0
         cards = [
             ("Iteration time", fmt_seconds(pred.iteration_s), "predicted, one optimizer step"),
             ("Throughput", f"{fmt_rate(pred.tokens_per_s)} tok/s",
              f"{fmt_rate(pred.samples_per_s)} samples/s"),
             ("MFU", fmt_pct(pred.mfu), "of the used devices' peak"),
-            ("Pipeline bubble", fmt_pct(bubble), f"{fmt_seconds(pred.bubble_s)} per iteration"),
+            ("Pipeline bubble", fmt_pct(bubble_share(pred)),
+             f"{fmt_seconds(pred.bubble_s)} idle per rank, of {fmt_seconds(pred.pipeline_s)}"),
             ("Bottleneck", f"S{pred.bottleneck_stage}", bn.chip if bn else ""),
         ]
     cards.append(("Devices", f"{used} of {total}",
@@ -166,7 +160,7 @@ def _header(plan: Plan, notes: Sequence[str], nav: Sequence[tuple[str, str]]) ->
     facts = (f"{_e(m.name)} · {fmt_count(m.params)} parameters · {m.num_layers} partition "
              f"units · sequence {m.seq_len} · {_e(m.dtype)} — global batch {plan.global_batch} "
              f"in {plan.micro_batch_count} micro-batches of {plan.micro_batch_samples} · "
-             f"schedule {_e(plan.schedule)}" + (" · ZeRO-1" if plan.zero1 else ""))
+             f"schedule {_e(_schedule_label(plan))}" + (" · ZeRO-1" if plan.zero1 else ""))
     if m.model_args:
         facts += " · " + ", ".join(f"{_e(k)}={_e(v)}" for k, v in sorted(m.model_args.items()))
     note_html = "".join(f'<div class="note">{_e(n)}</div>' for n in notes)
@@ -222,7 +216,8 @@ def _stage_table(plan: Plan) -> str:
 def _map_section(plan: Plan) -> str:
     idle = ""
     if plan.idle_devices:
-        idle = (f'<p class="caption">Idle devices: {_e(", ".join(plan.idle_devices))}.'
+        idle = (f'<p class="caption">Idle devices ({len(plan.idle_devices):,}): '
+                f'{_e(idle_summary(plan.idle_devices))}.'
                 + (f" {_e(plan.idle_note)}" if plan.idle_note else "") + "</p>")
     return (
         '<section id="map"><h2>Where everything runs</h2>'
@@ -234,33 +229,45 @@ def _map_section(plan: Plan) -> str:
         f'{cluster_map_svg(plan).render()}{idle}{_stage_table(plan)}</section>')
 
 
-def _timeline_section(plan: Plan, timeline: Timeline | None) -> str:
+def _schedule_label(plan: Plan) -> str:
+    """``1f1b``, or ``interleaved-1f1b (2 virtual stages per rank)``."""
+    if plan.virtual_stages > 1:
+        return f"{plan.schedule} ({plan.virtual_stages} virtual stages per rank)"
+    return plan.schedule
+
+
+def _timeline_section(plan: Plan, timeline: Simulation | None) -> str:
     head = '<section id="timeline"><h2>Pipeline timeline</h2>'
     if timeline is None or plan.prediction is None:
         return head + '<p class="caption">No prediction in this plan: run ' \
                       '<code>autosplit evaluate</code> on it first.</p></section>'
     pred = plan.prediction
-    diff = relative_error(timeline.makespan_s, pred.iteration_s) if pred.iteration_s else 0.0
+    rows = ("One row per pipeline rank; a rank runs several stages (chunks), told apart by "
+            "the thin strip in the stage's colour on each bar, when the schedule interleaves them. "
+            if timeline.num_ranks < timeline.num_stages else "")
+    split = ("The backward runs as two passes: the input gradient (B), which the previous "
+             "stage waits for, and the weight gradient (W), which fills the gaps. "
+             if any(iv.kind == "W" for iv in timeline.intervals) else "")
     caption = (
-        f"One iteration under <b>{_e(plan.schedule)}</b> with {plan.micro_batch_count} "
-        "micro-batches (numbers in the bars), replayed from the per-stage times of the "
-        "prediction. Grey is idle time: the pipeline bubble. Purple ticks between two rows "
-        "are activations going down (upper half) and gradients coming back (lower half). "
-        "Each stage ends with its data-parallel gradient all-reduce and optimizer step. "
-        f"Replayed iteration: <b>{fmt_seconds(timeline.makespan_s)}</b> "
-        f"(cost model: {fmt_seconds(pred.iteration_s)}, {fmt_signed_pct(diff)}: the replay "
-        "follows every dependency, the cost model uses a closed formula). "
-        "Hover a bar for its exact times.")
-    idle = max(range(timeline.num_stages), key=timeline.idle_s)
-    verdict = (f'<p class="verdict">Bubble in the replayed schedule: '
-               f"<b>{fmt_pct(timeline.bubble_fraction())}</b> of stage time (the header's figure "
-               f"comes from the cost model's closed form); stage {idle} waits longest "
+        f"One iteration under <b>{_e(_schedule_label(plan))}</b> with "
+        f"{plan.micro_batch_count} micro-batches (numbers in the bars), as the cost model "
+        "simulates it from the per-stage times of the prediction. " + rows + split +
+        "Grey is idle time: the pipeline bubble. Purple ticks between two rows are "
+        "activations going down (upper half) and gradients coming back (lower half). "
+        "Each rank ends with its data-parallel gradient all-reduce and optimizer step. "
+        f"Simulated iteration: <b>{fmt_seconds(timeline.makespan_s)}</b>, the predicted "
+        "iteration time. Hover a bar for its exact times.")
+    idle = max(range(timeline.num_ranks), key=timeline.idle_s)
+    who = (f"rank {idle}" if timeline.num_ranks < timeline.num_stages else f"stage {idle}")
+    verdict = (f'<p class="verdict">Pipeline bubble: <b>{fmt_pct(bubble_share(pred))}</b> of '
+               f"every rank's pipeline time ({fmt_seconds(pred.bubble_s)} idle per rank of "
+               f"{fmt_seconds(pred.pipeline_s)}); {who} waits longest "
                f"({fmt_seconds(timeline.idle_s(idle))} per iteration).</p>")
     close_up = ""
     if timeline.micro_batches > _CLOSE_UP_ABOVE:
         # Many micro-batches make thin bars: add a close-up of the warm-up, up to the end of
-        # the forward of micro-batch (stages + 8) on the first stage.
-        k = min(timeline.micro_batches - 1, timeline.num_stages + 8)
+        # the forward of micro-batch (ranks + 8) on the first stage.
+        k = min(timeline.micro_batches - 1, timeline.num_ranks + 8)
         until = next(iv.end_s for iv in timeline.intervals
                      if iv.stage == 0 and iv.kind == "F" and iv.micro_batch == k)
         close_up = (f'<p class="caption"><b>Close-up</b> of the first '

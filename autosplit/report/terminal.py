@@ -24,6 +24,8 @@ from autosplit.report.fmt import (
     layer_span,
 )
 from autosplit.report.html import alternative_layout, stage_devices
+from autosplit.report.idle import idle_summary
+from autosplit.report.timeline import bubble_share
 
 __all__ = ["render_plan_summary"]
 
@@ -106,7 +108,9 @@ def render_plan_summary(plan: Plan, console: Console, *,
     used = sum(st.num_devices for st in plan.stages)
     console.print(
         f"[bold]{plan.model.name}[/] on [bold]{plan.cluster.name}[/]: {plan.num_stages} "
-        f"stage(s) on {used} device(s), {plan.schedule}, {plan.micro_batch_count} "
+        f"stage(s) on {used} device(s), {plan.schedule}"
+        + (f" ({plan.virtual_stages} virtual stages per rank)" if plan.virtual_stages > 1 else "")
+        + f", {plan.micro_batch_count} "
         f"micro-batches of {plan.micro_batch_samples} sample(s)", highlight=False)
     console.print(_stage_table(plan, width=console.width))
     measured = [f"S{st.index}" for st in plan.stages if st.cost_source == "measured"]
@@ -118,11 +122,11 @@ def render_plan_summary(plan: Plan, console: Console, *,
     if pred is None:
         console.print("[yellow]no prediction in this plan[/] — run `autosplit evaluate` on it")
     else:
-        bubble = pred.bubble_s / pred.iteration_s if pred.iteration_s else 0.0
         console.print(
             f"[bold]predicted[/]: iteration [bold]{fmt_seconds(pred.iteration_s)}[/] · "
             f"{fmt_rate(pred.tokens_per_s)} tokens/s · MFU {fmt_pct(pred.mfu)} · "
-            f"bubble {fmt_pct(bubble)} ({fmt_seconds(pred.bubble_s)})", highlight=False)
+            f"bubble {fmt_pct(bubble_share(pred))} ({fmt_seconds(pred.bubble_s)} idle per rank "
+            f"of {fmt_seconds(pred.pipeline_s)})", highlight=False)
         bn = next((s for s in plan.stages if s.index == pred.bottleneck_stage), None)
         bsp = next((s for s in pred.stages if s.index == pred.bottleneck_stage), None)
         if bn is not None and bsp is not None:
@@ -141,8 +145,8 @@ def render_plan_summary(plan: Plan, console: Console, *,
             console.print(f"[bold]uneven batch shares[/] S{st.index} (samples per replica per "
                           f"micro-batch): {parts}", highlight=False)
     if plan.idle_devices:
-        console.print(f"[bold]idle devices[/] ({len(plan.idle_devices)}): "
-                      f"{', '.join(plan.idle_devices)}", highlight=False)
+        console.print(f"[bold]idle devices[/] ({len(plan.idle_devices):,}): "
+                      f"{idle_summary(plan.idle_devices)}", highlight=False)
         if plan.idle_note:
             console.print(f"  {plan.idle_note}", highlight=False)
     s = plan.search

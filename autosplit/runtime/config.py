@@ -10,34 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["RunConfig", "RankLayout", "DEFAULT_LR", "DEFAULT_GRAD_CLIP"]
-
-
-@dataclass(frozen=True)
-class RankLayout:
-    """Where a rank sits: ranks are numbered stage-major, ``rank = stage * dp + replica``."""
-
-    num_stages: int
-    dp: int
-
-    @property
-    def world_size(self) -> int:
-        return self.num_stages * self.dp
-
-    def stage_of(self, rank: int) -> int:
-        return rank // self.dp
-
-    def replica_of(self, rank: int) -> int:
-        return rank % self.dp
-
-    def rank_of(self, stage: int, replica: int) -> int:
-        return stage * self.dp + replica
-
-    def pipeline_ranks(self, replica: int) -> list[int]:
-        return [self.rank_of(s, replica) for s in range(self.num_stages)]
-
-    def replica_ranks(self, stage: int) -> list[int]:
-        return [self.rank_of(stage, r) for r in range(self.dp)]
+__all__ = ["RunConfig", "DEFAULT_LR", "DEFAULT_GRAD_CLIP"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +47,9 @@ class RunConfig:
     #: Clip the gradients to this global L2 norm (over every stage), as Megatron-LM does by
     #: default; 0 turns clipping off.
     grad_clip: float = 1.0
+    #: Tensor-parallel style of every split module (``tensor_parallel.TP_STYLES``), decided
+    #: once by the launcher for the stages with tp > 1.
+    tp_styles: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         d = asdict(self)

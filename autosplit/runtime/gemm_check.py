@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autosplit.runtime.tensor_parallel import local
+
 __all__ = ["GemmCheck", "check_gemms", "stage_gemm_shapes"]
 
 #: Rows of each product compared on the host (the whole output is checked for NaN).
@@ -54,7 +56,7 @@ def stage_gemm_shapes(module: nn.Module, *, tokens: int) -> list[tuple[int, int,
     shapes: list[tuple[int, int, int]] = []
     for layer in module.modules():
         if isinstance(layer, nn.Linear):
-            n, k = layer.weight.shape
+            n, k = local(layer.weight).shape  # this rank's shard under tensor parallelism
             for shape in ((tokens, k, n), (tokens, n, k), (k, tokens, n)):
                 if shape not in shapes:
                     shapes.append(shape)

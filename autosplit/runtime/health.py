@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from autosplit.runtime.tensor_parallel import local
+
 __all__ = ["FirstNonFinite", "nonfinite_tensors", "all_finite"]
 
 
@@ -37,17 +39,19 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 def all_finite(value: Any) -> bool:
     """Whether every floating-point tensor in ``value`` (nested tuples, lists, dicts) is
     finite."""
-    return all(bool(torch.isfinite(t.detach()).all()) for t in _tensors(value))
+    return all(bool(torch.isfinite(local(t.detach())).all()) for t in _tensors(value))
 
 
 def nonfinite_tensors(named: Any) -> list[str]:
-    """Names of the tensors in ``(name, tensor)`` pairs that are not all finite."""
+    """Names of the tensors in ``(name, tensor)`` pairs that are not all finite (a
+    tensor-parallel tensor by this rank's shard)."""
     return [name for name, t in named
-            if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+            if t is not None and t.is_floating_point()
+            and not bool(torch.isfinite(local(t)).all())]
 
 
 def _largest(value: Any) -> float:
-    finite = [t.detach()[torch.isfinite(t.detach())] for t in _tensors(value)]
+    finite = [local(t.detach())[torch.isfinite(local(t.detach()))] for t in _tensors(value)]
     return max((float(t.abs().max()) for t in finite if t.numel()), default=0.0)
 
 

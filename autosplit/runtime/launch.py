@@ -1,26 +1,35 @@
 """Start a planned run: check everything first, then one process per rank on this host, or
 join a ``torchrun`` launch as the rank its environment names.
 
-Rank processes are fresh interpreters (``python -m autosplit.runtime.worker``) so that each
-sets its own environment (e.g. ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``) before CUDA starts.
-If any rank fails, the others are stopped and the failing rank's last lines are reported.
+Local ranks are started by ``torch.distributed.elastic.multiprocessing.start_processes``, the
+process layer under ``torchrun``: fresh interpreters (``python -m autosplit.runtime.worker``),
+each with its own environment set before CUDA starts (e.g.
+``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``, which ``torchrun`` cannot set per rank), each writing
+its output to its own log files. If any rank fails the others are stopped (SIGTERM, then
+SIGKILL) and the first to fail is reported — its exit code or the signal that killed it — with
+the last lines of its output. ``torchrun`` itself adds rendezvous and restarts, which a run
+of a few measured steps on one host does not need; across hosts, start ``autosplit run``
+under ``torchrun`` and every process runs the rank its environment names.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from autosplit.errors import AutosplitError, BadInputError
 from autosplit.plan.io import load_plan
 from autosplit.runtime.checks import check_model, check_plan_shape, choose_devices
-from autosplit.runtime.config import DEFAULT_GRAD_CLIP, DEFAULT_LR, RankLayout, RunConfig
+from autosplit.runtime.config import DEFAULT_GRAD_CLIP, DEFAULT_LR, RunConfig
+from autosplit.runtime.layout import run_layout
 from autosplit.runtime.measure import MeasuredRun, load_measured
 from autosplit.runtime.precision import DTYPES, PRECISIONS
 
@@ -70,12 +79,13 @@ def prepare_run(request: RunRequest) -> tuple[RunConfig, int]:
     plan = load_plan(request.plan_path)
     check_plan_shape(plan, path=request.plan_path)
     model_args = {**plan.model.model_args, **request.model_args}
-    check_model(plan, plan_path=request.plan_path, model_path=request.model_path,
-                model_args=model_args)
-    layout = RankLayout(plan.num_stages, plan.stages[0].dp)
+    _, tp_styles = check_model(plan, plan_path=request.plan_path,
+                               model_path=request.model_path, model_args=model_args)
+    layout = run_layout(plan)
     choice = choose_devices(world_size=layout.world_size, device=request.device,
                             backend=request.backend, cuda_devices=request.cuda_devices,
-                            external_launch=under_torchrun())
+                            external_launch=under_torchrun(),
+                            max_tp=max(s.tp for s in plan.stages))
     rank_env = dict(request.rank_env or {})
     bad = [r for r in rank_env if not 0 <= r < layout.world_size]
     if bad:
@@ -108,7 +118,7 @@ def prepare_run(request: RunRequest) -> tuple[RunConfig, int]:
         output=os.path.abspath(request.output) if request.output else "",
         dump_params_dir=request.dump_params_dir, dtype=dtype,
         attention_backend=request.attention_backend, precision=request.precision,
-        lr=request.lr, grad_clip=request.grad_clip)
+        lr=request.lr, grad_clip=request.grad_clip, tp_styles=tp_styles)
     return config, layout.world_size
 
 
@@ -119,63 +129,98 @@ def _free_port() -> int:
 
 
 def _tail(path: str, lines: int = 15) -> str:
+    if not path or not os.path.exists(path):
+        return ""
     with open(path, errors="replace") as fh:
         return "".join(fh.readlines()[-lines:])
 
 
-def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + 10
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+#: Signals ``start_processes`` takes over in the launching process (to stop the ranks).
+_HANDLED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+
+
+@contextmanager
+def _own_signal_handlers() -> Iterator[None]:
+    """Give back the caller's signal handlers afterwards (the launcher may be a library
+    call, e.g. inside a test session)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in _HANDLED
+             if hasattr(signal, name)}
+    elastic = logging.getLogger("torch.distributed.elastic")
+    level = elastic.level
+    elastic.setLevel(logging.CRITICAL)  # we report failures ourselves, once
+    try:
+        yield
+    finally:
+        elastic.setLevel(level)
+        for name, handler in saved.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+def _failure_report(result: object) -> str:
+    """The first rank to fail: how, its error and the last lines of its output."""
+    failures = result.failures  # type: ignore[attr-defined]
+    first = min(failures.values(), key=lambda f: f.timestamp)
+    rank = first.local_rank
+    if first.exitcode < 0:
+        how = f"rank {rank} was killed by signal {first.signal_name()}"
+    else:
+        how = f"rank {rank} failed (exit code {first.exitcode})"
+    message = first.message if isinstance(first.message, str) else ""
+    if message and not message.startswith("Signal") and message != "<N/A>":
+        how += f": {message.strip().splitlines()[-1]}"
+    err = _tail(result.stderrs.get(rank, ""))  # type: ignore[attr-defined]
+    std = _tail(result.stdouts.get(rank, ""))  # type: ignore[attr-defined]
+    out = err + (f"(standard output)\n{std}" if std and err else std)
+    return how + (f"\nlast lines of its output:\n{out}" if out else " (no output)")
 
 
 def _spawn_local(config: RunConfig, world_size: int, *, timeout_s: float | None) -> None:
-    with tempfile.TemporaryDirectory(prefix="autosplit-run-") as tmp:
+    from torch.distributed.elastic.multiprocessing import (
+        DefaultLogsSpecs,
+        SignalException,
+        Std,
+        start_processes,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="autosplit-run-") as tmp, _own_signal_handlers():
         cfg_path = os.path.join(tmp, "config.json")
         with open(cfg_path, "w") as fh:
             fh.write(config.to_json())
         port = _free_port()
         threads = max(1, (os.cpu_count() or 1) // world_size)
-        procs: list[subprocess.Popen[bytes]] = []
-        logs: list[str] = []
+        envs = {}
+        for rank in range(world_size):
+            env = {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+                   "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": str(port),
+                   "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+                   # A rank killed by a signal loses what it buffered: its last lines are
+                   # what the failure report shows, so nothing is buffered.
+                   "PYTHONUNBUFFERED": "1"}
+            env.update(config.rank_env.get(rank, {}))
+            envs[rank] = env
+        context = start_processes(
+            name="autosplit-run", entrypoint=sys.executable,
+            args={r: ("-m", "autosplit.runtime.worker", cfg_path) for r in range(world_size)},
+            envs=envs, logs_specs=DefaultLogsSpecs(log_dir=os.path.join(tmp, "logs"),
+                                                   redirects=Std.ALL))
         try:
-            for rank in range(world_size):
-                env = dict(os.environ)
-                env.update({"RANK": str(rank), "WORLD_SIZE": str(world_size),
-                            "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world_size),
-                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", str(threads))})
-                env.update(config.rank_env.get(rank, {}))
-                log = os.path.join(tmp, f"rank{rank}.log")
-                logs.append(log)
-                with open(log, "wb") as out:
-                    procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "autosplit.runtime.worker", cfg_path],
-                        env=env, stdout=out, stderr=subprocess.STDOUT))
-            start = time.monotonic()
-            while True:
-                codes = [p.poll() for p in procs]
-                failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
-                if failed:
-                    rank = failed[0]
-                    _stop(procs)
-                    raise AutosplitError(f"rank {rank} failed (exit code {codes[rank]}):\n"
-                                         + _tail(logs[rank]))
-                if all(c == 0 for c in codes):
-                    return
-                if timeout_s is not None and time.monotonic() - start > timeout_s:
-                    _stop(procs)
-                    raise AutosplitError(f"the run did not finish within {timeout_s:.0f} s")
-                time.sleep(0.05)
+            result = context.wait(timeout=-1 if timeout_s is None else timeout_s,
+                                  period=0.05)
+        except SignalException as exc:
+            context.close(death_sig=exc.sigval, timeout=10)
+            raise AutosplitError(f"stopped by {exc.sigval.name}; the ranks were stopped "
+                                 "too") from None
         finally:
-            _stop(procs)
+            context.close(timeout=10)
+        if result is None:
+            raise AutosplitError(f"the run did not finish within {timeout_s:.0f} s; the ranks "
+                                 "were stopped", fix="raise --timeout, or run fewer steps")
+        if result.is_failed():
+            raise AutosplitError(_failure_report(result))
 
 
 def launch(config: RunConfig, world_size: int, *,

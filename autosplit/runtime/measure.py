@@ -54,6 +54,15 @@ class RankResult:
     #: Seconds of each step this rank spent computing its stage (forwards, loss, backwards;
     #: see ``compute_timer``), apart from waiting and communicating.
     compute_s: tuple[float, ...] = ()
+    #: Index inside the replica's tensor-parallel group (0 without tensor parallelism).
+    tp_index: int = 0
+    #: Every stage this rank ran (its model chunks under a virtual-stage schedule); empty in
+    #: files written before ranks could hold several, where ``stage`` is the only one.
+    stages: tuple[int, ...] = ()
+
+    def holds(self, stage: int) -> bool:
+        """Whether this rank ran ``stage``."""
+        return stage in (self.stages or (self.stage,))
 
     def timed_compute_s(self, warmup: int) -> float | None:
         """Median compute seconds per step after the warm-up steps (all steps when there are
@@ -188,7 +197,8 @@ def measured_from_dict(d: Any, *, path: str | None = None) -> MeasuredRun:
                                     "losses": tuple(r.get("losses", ())),
                                     "notes": tuple(r.get("notes", ())),
                                     "grad_norms": tuple(r.get("grad_norms", ())),
-                                    "compute_s": tuple(r.get("compute_s", ()))})
+                                    "compute_s": tuple(r.get("compute_s", ())),
+                                    "stages": tuple(r.get("stages", ()))})
                       for r in d["ranks"])
         fields = {k: v for k, v in d.items() if k != "ranks"}
         fields["step_times_s"] = tuple(fields["step_times_s"])

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from autosplit.runtime.tensor_parallel import local
+
 __all__ = ["PRECISIONS", "DTYPES", "LossScaler", "MasterWeightOptimizer"]
 
 #: ``master``: weights and gradients in the compute dtype, fp32 masters in the optimizer;
@@ -95,7 +97,7 @@ class MasterWeightOptimizer:
 
     def grads_finite(self) -> bool:
         """Whether every gradient of this rank is finite (one device sync)."""
-        grads = [p.grad for p in self.params if p.grad is not None]
+        grads = [local(p.grad) for p in self.params if p.grad is not None]
         if not grads:
             return True
         bad = torch.stack([torch.logical_not(torch.isfinite(g).all()) for g in grads])

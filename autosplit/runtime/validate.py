@@ -2,7 +2,9 @@
 
 Iteration time is compared with the median step after warm-up, and per stage the predicted
 compute (forward, backward and recompute of all micro-batches) with what its slowest rank
-measured (``compute_timer``): where the iteration error comes from. Memory is compared per
+measured (``compute_timer``): where the iteration error comes from. A rank that runs several
+stages (virtual stages) times them together, so each of its stages is compared with the
+predicted compute of all the stages on that rank. Memory is compared per
 stage:
 the prediction's weights + gradients + optimizer states + activations (the reserve is head-room
 the planner keeps, not memory anything allocates) against the largest
@@ -89,17 +91,19 @@ def compare(plan: Plan, measured: MeasuredRun, *, plan_path: str = "",
     kinds = {r.memory_kind for r in measured.ranks}
     comparable = kinds == {"cuda_max_allocated"}
     for sp, stage in zip(pred.stages, plan.stages, strict=True):
-        ranks = [r for r in measured.ranks if r.stage == stage.index]
+        ranks = [r for r in measured.ranks if r.holds(stage.index)]
         mem = sp.memory
         predicted_mem = mem.weights + mem.gradients + mem.optimizer + mem.activations
         peaks = [r.peak_memory_bytes for r in ranks if r.peak_memory_bytes is not None]
         measured_mem = float(max(peaks)) if peaks else None
-        predicted_compute = sp.compute_s * plan.micro_batch_count
+        predicted_compute = plan.micro_batch_count * sum(
+            other.compute_s for other, st in zip(pred.stages, plan.stages, strict=True)
+            if st.pipeline_rank == stage.pipeline_rank)
         timed = [r.timed_compute_s(measured.warmup) for r in ranks]
         measured_compute = (max(t for t in timed if t is not None)
                             if timed and None not in timed else None)
         stages.append(StageComparison(
-            stage=stage.index, chip=stage.chip, ranks=tuple(r.rank for r in ranks),
+            stage=stage.index, chip=stage.chip_label, ranks=tuple(r.rank for r in ranks),
             devices=tuple(r.device_name for r in ranks), predicted_memory_bytes=predicted_mem,
             measured_memory_bytes=measured_mem,
             memory_error_pct=(error_pct(predicted_mem, measured_mem)

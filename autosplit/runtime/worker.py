@@ -2,8 +2,8 @@
 
 Started by ``autosplit.runtime.launch`` (one process per rank on this host) with RANK,
 WORLD_SIZE, MASTER_ADDR and MASTER_PORT in its environment. Rank 0 assembles every rank's
-result into ``measured.json``. A failing rank prints its traceback to stderr and exits 1; the
-launcher reports it and stops the other ranks.
+result into ``measured.json``. A failing rank prints its traceback to stderr, records its
+error for the launcher and exits 1; the launcher reports it and stops the other ranks.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import sys
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from autosplit.model.loader import load_model_source
 from autosplit.plan.io import load_plan
@@ -33,7 +34,8 @@ def assemble(config: RunConfig, results: list[RankResult]) -> MeasuredRun:
     times, median, tokens_s, samples_s = summarise(
         ranks=ranks, warmup=config.warmup, global_batch=plan.global_batch,
         tokens_per_sample=tokens)
-    last = [r for r in ranks if r.stage == plan.num_stages - 1]
+    # Each replica of the last stage reports its loss once (its tensor-parallel ranks agree).
+    last = [r for r in ranks if r.holds(plan.num_stages - 1) and r.tp_index == 0]
     steps = len(times)
     # The step's loss is the mean over all samples: each replica's mean by its share.
     shares = {i: rep.batch_share for i, rep in enumerate(plan.stages[-1].replicas)}
@@ -66,6 +68,7 @@ def execute_rank(config: RunConfig) -> MeasuredRun | None:
     return run
 
 
+@record  # an uncaught error is written where the launcher reads it (its exception message)
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     with open(args[0]) as fh:
@@ -74,5 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _exit_without_finalization(code: int) -> None:
+    """Leave the process once the rank's result is written, skipping interpreter teardown.
+
+    Gloo's C++ worker threads can still hold finished work objects (and through them tensors
+    with Python references) when the interpreter finalizes; releasing them then aborts the
+    process ("terminate called without an active exception", SIGABRT) at random, long after
+    the rank's work succeeded. Nothing is left to clean up at this point: the process groups
+    are destroyed and the result file is closed, so streams are flushed and the process ends.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_without_finalization(main())

@@ -1,497 +1,698 @@
-"""The search: model → stages → layers → devices, pruned by bounds and solved exactly.
+"""The search: model → stages → devices, an anytime loop with a provable gap.
 
-Level 1 (``candidates``): which pools form stages, how each pool is cut (stage size, TP), the
-data-parallel degree and micro-batch count, and the order of the pools along the pipeline.
-Level 2 (``layer_split``): the exact contiguous split of units over those stages, with memory
-limits and per-stage recomputation. Level 3 is folded into level 1's shapes: TP/DP degrees,
-replicas and micro-batch shares of each stage.
+Three levels, as docs/search.md explains:
 
-Candidates are visited best-first by a lower bound that ignores order, communication and
-memory (a continuous relaxation of the split); a candidate whose bound cannot beat the best
-plan so far is pruned without solving it. When every candidate has been solved or pruned the
-result is optimal under the cost model for this search space, and the reported gap is 0.
+1. **Model** (this module): the micro-batch count ``m``, the order in which device groups
+   appear along the pipeline, and the threshold ``τ`` on the slowest stage. Counts are probed
+   first (one order each) and then searched best first; an order's least feasible threshold
+   is bracketed on geometric grids, and the thresholds just above it are solved.
+2. **Stages** (``order_dp``): for an order and a batch of thresholds, one dynamic programme
+   finds, exactly, whether pipelines within each threshold fit the pools, and the one with the
+   fewest devices and least busy time — stage count, unit ranges, group and option of every
+   stage, memory checked at each stage's position.
+3. **Devices** (``options``, ``repick``, ``placement``): the option menu per group (TP, replicas
+   per chip, shares, recompute); the devices a pipeline leaves idle go where they shorten the
+   iteration most; placement picks concrete devices. Every pipeline is priced exactly
+   (``assemble``: the cost model's own layer split), so the plan's time is what ``evaluate``
+   says.
+
+Anytime and deterministic: work is counted in a budget (``budget``), every phase checks the
+wall-clock limit, and a plan exists as soon as the first pipeline fits. The lower bound is
+the least over the counts of what their orders' least thresholds and the fluid relaxation
+(``bounds``) prove; the gap is ``(best − bound) / best``.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from autosplit.cluster.schema import Cluster
 from autosplit.config import SearchConfig, TrainingConfig
 from autosplit.cost.analytic import AnalyticCosts
-from autosplit.cost.predict import StageAssignment, peak_flops_of, predict
-from autosplit.cost.stage import (
-    StageShape,
-    StageTables,
-    build_tables,
-    lane_groups,
-    make_context,
-)
+from autosplit.cost.memory import in_flight_micro_batches
 from autosplit.errors import NoFeasiblePlanError
 from autosplit.model.types import ModelProfile
-from autosplit.plan.schema import (
-    Alternative,
-    ClusterRef,
-    ModelRef,
-    Plan,
-    SearchStats,
-    StagePlan,
-)
+from autosplit.plan.schema import Plan
 from autosplit.protocols.cost import LayerCostProvider
-from autosplit.search.bounds import (
-    bound_from_terms,
-    memory_aware_bound,
-    order_free_bound,
-    shape_terms,
-)
-from autosplit.search.candidates import (
+from autosplit.search.assemble import Solution, assemble
+from autosplit.search.bounds import FluidBound, fluid_bound
+from autosplit.search.budget import STOP_COMPLETE, Budget, OutOfTime
+from autosplit.search.groups import (
+    DeviceGroup,
     Pool,
-    PoolOption,
-    divisors,
+    device_groups,
     find_pools,
-    members,
-    mixed_pools,
-    mixed_replica_counts,
-    pool_options,
-    stage_shapes,
+    halved_pools,
 )
-from autosplit.search.layer_split import solve_split, stage_matrices
+from autosplit.search.menu import Menu, TableCache, build_menu
+from autosplit.search.options import StageOption
+from autosplit.search.pipeline_dp import (
+    PipelineProblem,
+    Stage,
+    pipeline_cells,
+    priced_lower_bounds,
+    solve_pipelines,
+)
+from autosplit.search.plan_build import build_plan
+from autosplit.search.polish import polish
+from autosplit.search.progress import SearchProgress, search_progress
+from autosplit.search.repick import upgrade_options
 
-__all__ = ["search_plan", "build_plan", "TableCache"]
+__all__ = ["search_plan", "SearchOutcome"]
 
-
-class TableCache:
-    """Per-unit cost tables keyed by (chip, node class, TP, micro-batch share).
-
-    Many candidates share stage shapes; computing each table once keeps the search fast.
-    """
-
-    def __init__(self, *, model: ModelProfile, cluster: Cluster, costs: LayerCostProvider,
-                 training: TrainingConfig) -> None:
-        self.model, self.cluster, self.costs, self.training = model, cluster, costs, training
-        self._tables: dict[tuple, StageTables] = {}
-        self._unit: dict[tuple, np.ndarray] = {}
-        self._matrices: dict[tuple, object] = {}
-        self._shapes: dict[tuple, list[StageShape]] = {}
-        self._contexts: dict[tuple, object] = {}
-        self.bound_terms: dict[tuple, tuple] = {}
-
-    def shapes(self, pool: Pool, option: PoolOption, micro_batch_samples: int
-               ) -> list[StageShape]:
-        key = (pool.index, option, micro_batch_samples)
-        if key not in self._shapes:
-            first = (self._mixed_first_share(pool, option, micro_batch_samples)
-                     if pool.parts else None)
-            self._shapes[key] = stage_shapes(pool, option, micro_batch_samples=micro_batch_samples,
-                                             first_share=first)
-        return self._shapes[key]
-
-    def _mixed_first_share(self, pool: Pool, option: PoolOption, samples: int) -> int | None:
-        """Level 3 for a stage mixing two chips: the per-replica share of the faster chip that
-        balances the two lanes' whole-model busy time (the slower lane gets the rest)."""
-        da, db = mixed_replica_counts(pool, option)
-        best: tuple[float, int] | None = None
-        for x in range(1, samples // max(da, 1) + 1):
-            rest = samples - da * x
-            if rest < db:
-                break
-            y = -(-rest // db)
-            lanes = ((pool.parts[0][0], x), (pool.parts[1][0], y))
-            t = max(float(self.lane_tables(node.chip, node, share, option.tp).fwd[-1]
-                          + self.lane_tables(node.chip, node, share, option.tp).bwd[-1])
-                    for node, share in lanes)
-            if best is None or t < best[0] - 1e-15:
-                best = (t, x)
-        return None if best is None else best[1]
-
-    def lane_tables(self, chip: str, node, share: int, tp: int) -> StageTables:
-        key = (chip, node.intra_bw_gbs, tp, share)
-        if key not in self._tables:
-            self._tables[key] = build_tables(
-                model=self.model, chip=self.cluster.chips[chip], node=node, tp=tp,
-                share=share, costs=self.costs, dtype=self.training.dtype)
-        return self._tables[key]
-
-    def context(self, shapes: list[StageShape], s: int, micro_batches: int):
-        """Stage ``s`` of the pipeline ``shapes``, bound to its position and neighbours."""
-        prev = shapes[s - 1] if s > 0 else None
-        nxt = shapes[s + 1] if s + 1 < len(shapes) else None
-        # Shapes come from ``self.shapes`` and live as long as the cache: identity is enough.
-        key = (id(shapes[s]), id(prev), id(nxt), s, len(shapes), micro_batches)
-        ctx = self._contexts.get(key)
-        if ctx is None:
-            tp = shapes[s].tp
-            ctx = make_context(cluster=self.cluster, shape=shapes[s],
-                               tables=self.tables(shapes[s]), index=s, num_stages=len(shapes),
-                               micro_batches=micro_batches, training=self.training,
-                               prev=prev, nxt=nxt,
-                               lane_tables=lambda c, n, sh: self.lane_tables(c, n, sh, tp))
-            self._contexts[key] = ctx
-        return ctx
-
-    def matrices(self, ctx, *, allow_recompute: bool):
-        """Range-cost matrices of a stage context; identical contexts (same tables, memory
-        position and links) recur across stages and candidates, so they are built once."""
-        key = (id(ctx.tables), tuple(id(ln.tables) for ln in ctx.lanes), ctx.in_flight,
-               ctx.capacity, ctx.link_in, ctx.link_out, ctx.share_in, ctx.share_out,
-               ctx.dp_link, ctx.shape.dp, ctx.shape.tp, ctx.shape.max_share, allow_recompute)
-        if key not in self._matrices:
-            self._matrices[key] = stage_matrices(ctx, self.model.num_layers,
-                                                 allow_recompute=allow_recompute)
-        return self._matrices[key]
-
-    def tables(self, shape: StageShape) -> StageTables:
-        """Tables of the stage's own chip at its largest share among that chip's replicas."""
-        chip, node, share, _ = lane_groups(self.cluster, shape)[0]
-        return self.lane_tables(chip, node, share, shape.tp)
-
-    def lanes(self, shape: StageShape) -> list[tuple[str, StageTables, int, float]]:
-        """(chip, tables, share, capacity) per chip of the stage."""
-        reserve = self.training.memory_reserve_gb * 1e9
-        return [(c, self.lane_tables(c, node, share, shape.tp), share, cap - reserve)
-                for c, node, share, cap in lane_groups(self.cluster, shape)]
-
-    def unit_costs(self, shape: StageShape) -> np.ndarray:
-        """Per-unit busy time (no recompute, no p2p) of the lane with the most work: a
-        stage is busy at least as long as any of its lanes — the lower bound's ingredients."""
-        best = None
-        for _, t, _, _ in self.lanes(shape):
-            u = np.diff(t.fwd) + np.diff(t.bwd) + np.diff(t.tpc)
-            if best is None or u.sum() > best.sum():
-                best = u
-        return best
-
-
-@dataclass(order=True)
-class _Candidate:
-    bound: float
-    order_key: tuple = field(compare=True)
-    options: tuple[PoolOption, ...] = field(compare=False, default=())
-    micro_batches: int = field(compare=False, default=1)
-    #: True once ``bound`` is the memory-aware bound of this exact order.
-    strong: bool = field(compare=False, default=False)
-    base: float = field(compare=False, default=0.0)
-    #: Lower bound on the slowest stage's busy time (from the memory-aware bound).
-    slowest: float = field(compare=False, default=0.0)
+#: Thresholds solved together in one programme call.
+_BATCH = 8
+#: Rounds of bracketing an order's least threshold (each narrows it ``_BATCH``-fold).
+_BRACKET_ROUNDS = 3
+#: Bracketing stops when the bracket is this narrow (relative).
+_FINEST = 0.002
+#: Share of ``--time-limit`` the search loop may take: the rest is for what follows it (the
+#: finalists' simulation, the plan), so the command returns within the limit.
+_LOOP_SHARE = 0.9
+#: Clusters small enough for a second pass with pools in halves (``_worth_halving``).
+_HALVE_POOLS = 3
+_HALVE_DEVICES = 64
+#: Share of the budget (and of the time left) for the plan that uses every device.
+_EVERY_SHARE = 0.2
+#: Counts whose best plan is polished, and CP-SAT's deterministic seconds per re-choice.
+_POLISHED = 4
+_POLISH_TIME = 2.0
+#: Threshold cells of the tightened bound, and the device-price scales tried per cell (as
+#: multiples of the best plan's time per micro-batch).
+_BOUND_CELLS = 6
+_PRICE_SCALES = (0.05, 0.15, 0.4, 1.0, 2.5, 6.0)
+#: Cells of the tightened bound solved per programme pass (bounds its arrays' memory).
+_BOUND_BLOCK = 12
+#: Bounds are tightened only for counts that keep the gap above this.
+_GAP_GOAL = 0.005
+#: A pipeline is priced exactly only if its compute-only estimate is below the best plan
+#: times this (the exact layer split can rebalance it, transfers and tail add to it).
+_ESTIMATE_SLACK = 1.05
+#: Pipelines priced per threshold above the least one, each ending in a different state.
+_ALTERNATIVES = 3
+#: Counts with options the seed tries before it leaves the first plan to the full search.
+_SEED_COUNTS = 2
+#: Thresholds tried above the least feasible one (relative): a little slack lets the
+#: programme trade a slower slowest stage for fewer stages.
+_ABOVE = (0.0, 0.005, 0.01, 0.02, 0.04, 0.07)
+#: Thresholds from there up to the ceiling (geometric).
+_FAR = 4
 
 
 @dataclass
-class _Solved:
-    iteration_s: float
-    stages: list[StageAssignment]
-    options: tuple[PoolOption, ...]
-    micro_batches: int
-    lower_bound: float
+class SearchOutcome:
+    """What the loop found: the best solution, runners-up, and the counters."""
+
+    best: Solution | None = None
+    kept: dict[tuple, Solution] = field(default_factory=dict)
+    best_all: Solution | None = None
+    tried: set = field(default_factory=set)
+    programmes: int = 0
+    thresholds: int = 0
+    priced: int = 0
+    counts_tried: int = 0
+    pruned: dict[str, int] = field(default_factory=lambda: {"bound": 0, "no_path": 0})
+
+    def offer(self, sol: Solution, *, uses_all: bool) -> bool:
+        """Record a priced solution; ``True`` if it is the new best."""
+        self.priced += 1
+        self.kept.setdefault(sol.key, sol)
+        if uses_all and (self.best_all is None
+                         or (sol.iteration_s, sol.key) < (self.best_all.iteration_s,
+                                                          self.best_all.key)):
+            self.best_all = sol
+        if self.best is None or (sol.iteration_s, sol.key) < (self.best.iteration_s,
+                                                              self.best.key):
+            self.best = sol
+            return True
+        return False
+
+    @property
+    def incumbent(self) -> float:
+        return self.best.iteration_s if self.best is not None else math.inf
 
 
-def _water_bound(cache: TableCache, pools: list[Pool], combo: tuple[PoolOption, ...],
-                 shapes: list[StageShape], m: int, base: float, search: SearchConfig) -> float:
-    """Order-free memory-aware bound: each pool's stages as if at the last pipeline position
-    (fewest micro-batches in flight), no fixed work."""
-    rows = []
-    for opt, shape in zip(combo, shapes, strict=True):
-        key = ("shape", id(shape), opt, search.allow_recompute)
-        terms = cache.bound_terms.get(key)
-        if terms is None:
-            # A stage is busy at least as long as, and holds at most as many blocks as, any
-            # one lane: the terms of the lane with the most work are a valid relaxation.
-            _, t, share, cap = max(cache.lanes(shape),
-                                   key=lambda ln: float(ln[1].fwd[-1] + ln[1].bwd[-1]))
-            terms = shape_terms(tables=t, tp=opt.tp, dp=opt.dp, share=share, capacity=cap,
-                                training=cache.training, model=cache.model,
-                                allow_recompute=search.allow_recompute)
-            cache.bound_terms[key] = terms
-        rows.extend([terms] * opt.num_stages)
-    arr = np.array(rows)
-    c, r, k0, k1 = arr.T
-    n_blocks = sum(1 for layer in cache.model.layers if layer.kind == "block")
-    if n_blocks == 0:
-        return base
-    lb, _ = bound_from_terms(fixed=np.zeros(len(rows)), c=c, r=r, k0=k0, k1=k1,
-                             n_blocks=n_blocks, m=m, base=base)
-    return lb
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _static_fits(model: ModelProfile, cluster: Cluster, pools: list[Pool],
-                 options: tuple[PoolOption, ...], training: TrainingConfig) -> bool:
-    """Necessary condition: the stages' combined sharded capacity holds all parameters'
-    weights, gradients and optimizer states."""
-    room = 0.0
-    for opt in options:
-        pool = pools[opt.pool]
-        cap = (min(cluster.device_memory_bytes(n) for n in pool.nodes)
-               - training.memory_reserve_gb * 1e9)
-        per_param = 2.0 * training.dtype_bytes + (training.optimizer_bytes_per_param /
-                                                  (opt.dp if training.zero1 else 1))
-        room += opt.num_stages * max(cap, 0.0) * opt.tp / per_param
-    return room >= model.total_params
-
-
-def _expressible(options: tuple[PoolOption, ...], micro_batch_samples: int, target: str) -> bool:
-    """Runtimes such as Megatron-LM take one TP and one DP size and equal batch shares."""
-    if not target:
-        return True
-    tps = {o.tp for o in options}
-    dps = {o.dp for o in options}
-    return len(tps) == 1 and len(dps) == 1 and micro_batch_samples % next(iter(dps)) == 0
-
-
-def _build_stages(cache: TableCache, pools: list[Pool], options: tuple[PoolOption, ...],
-                  *, micro_batches: int, micro_batch_samples: int) -> list:
-    shapes: list[StageShape] = []
-    for opt in options:
-        shapes.extend(cache.shapes(pools[opt.pool], opt, micro_batch_samples))
-    return [cache.context(shapes, s, micro_batches) for s in range(len(shapes))]
-
-
-def _solve(cache: TableCache, pools: list[Pool], options: tuple[PoolOption, ...], *,
-           micro_batches: int, training: TrainingConfig, search: SearchConfig,
-           upper_bound: float, min_threshold: float = 0.0) -> _Solved | None:
-    b_mb = training.global_batch // micro_batches
-    ctxs = _build_stages(cache, pools, options, micro_batches=micro_batches,
-                         micro_batch_samples=b_mb)
-    mats = [cache.matrices(c, allow_recompute=search.allow_recompute) for c in ctxs]
-    if search.solver == "cpsat":
-        from autosplit.search.layer_split_cpsat import solve_split_cpsat
-
-        res = solve_split_cpsat(mats, micro_batches=micro_batches,
-                                time_limit_s=max(1.0, search.time_limit_s / 10))
-    else:
-        res = solve_split(mats, micro_batches=micro_batches, upper_bound=upper_bound,
-                          min_threshold=min_threshold)
-    if res is None:
-        return None
-    stages = [StageAssignment(ctx=c, start=res.bounds[s], end=res.bounds[s + 1],
-                              recompute=res.recompute[s]) for s, c in enumerate(ctxs)]
-    if search.target and len(set(res.recompute)) > 1:
-        stages = _uniform_recompute(stages)
-        if stages is None:
-            return None
-    from autosplit.cost.predict import iteration_time
-
-    total = iteration_time(stages, micro_batches=micro_batches)
-    return _Solved(iteration_s=total, stages=stages, options=options,
-                   micro_batches=micro_batches,
-                   lower_bound=res.lower_bound if not res.exact else total)
-
-
-def _certify(cache: TableCache, pools: list[Pool], kept: list[_Solved], best: _Solved, *,
-             training: TrainingConfig, search: SearchConfig, pruned: dict[str, int]) -> None:
-    """Close the gap the DP leaves on the post-pipeline tail: candidates whose proven bound is
-    below the best plan are re-solved by CP-SAT, which is exact for the full objective. Only
-    stage ranges that could still beat the best plan are modelled (a slower stage cannot), so
-    the models stay small. A deterministic time budget keeps the result machine-independent."""
-    from autosplit.search.layer_split import _dp
-    from autosplit.search.layer_split_cpsat import solve_split_cpsat
-
-    open_ = sorted((r for r in kept if r.lower_bound < best.iteration_s * (1 - 1e-3)),
-                   key=lambda r: r.lower_bound)
-    for res in open_[:search.certify_max]:
-        m = res.micro_batches
-        mats = [cache.matrices(st.ctx, allow_recompute=search.allow_recompute)
-                for st in res.stages]
-        s_inf, _ = _dp(mats, float("inf"))
-        max_busy = (best.iteration_s - s_inf) / max(m - 1, 1)
-        cp = solve_split_cpsat(mats, micro_batches=m, time_limit_s=search.certify_time,
-                               max_busy=max_busy)
-        pruned["certified"] = pruned.get("certified", 0) + 1
-        if cp is None:  # nothing under the limit can beat the best plan
-            res.lower_bound = best.iteration_s
-        else:
-            res.lower_bound = max(res.lower_bound, min(cp.lower_bound, best.iteration_s))
-
-
-def _uniform_recompute(stages: list[StageAssignment]) -> list[StageAssignment] | None:
-    from autosplit.cost.stage import range_memory
-
-    out = []
-    for st in stages:
-        s, a = range_memory(st.ctx, st.start, st.end, True)
-        if float(s + a) > st.ctx.capacity:
-            return None
-        out.append(StageAssignment(ctx=st.ctx, start=st.start, end=st.end, recompute=True))
+def _in_flight_at(schedule: str, micro_batches: int, max_stages: int) -> np.ndarray:
+    out = np.zeros(max_stages + 1, dtype=np.int64)
+    for k in range(1, max_stages + 1):
+        out[k] = in_flight_micro_batches(schedule=schedule, stage=max_stages - k,
+                                         num_stages=max_stages, micro_batches=micro_batches)
     return out
 
 
-def _describe(options: tuple[PoolOption, ...], pools: list[Pool], m: int) -> str:
-    parts = [f"{o.num_stages}×{pools[o.pool].label}[TP{o.tp}·DP{o.dp}]" for o in options]
-    return " → ".join(parts) + f", m={m}"
+def _in_flight(training: TrainingConfig, micro_batches: int, max_stages: int) -> np.ndarray:
+    """Micro-batches in flight at each position from the end (index 0 unused).
+
+    Counting them walks the schedule's order, ``O(stages · m)`` passes: seconds per count at
+    80 stages and thousands of micro-batches. A schedule whose peaks do not grow from ``R``
+    to ``2R`` micro-batches (``R`` ranks) has reached its steady state — the peaks are set in
+    the warm-up, which ``R`` bounds, as in 1F1B — and keeps them for any larger ``m``; one
+    whose peaks grow (GPipe holds every micro-batch) is walked at ``m`` itself.
+    ``tests/test_search_dp.py`` checks this against the full walk for every schedule."""
+    r = max_stages
+    if micro_batches > 2 * r:
+        at_r = _in_flight_at(training.schedule, r, r)
+        if np.array_equal(at_r, _in_flight_at(training.schedule, 2 * r, r)):
+            return at_r
+    return _in_flight_at(training.schedule, micro_batches, r)
+
+
+@dataclass(frozen=True)
+class _Design:
+    """What every stage of a plan must share for a runtime that takes one TP and one DP size
+    (``--target``): that TP degree and replica count. ``None`` fields: free."""
+
+    tp: int | None = None
+    replicas: int | None = None
+
+    def admits(self, option: StageOption) -> bool:
+        if self.tp is not None and option.tp != self.tp:
+            return False
+        return self.replicas is None or (option.replicas == self.replicas
+                                         and len(option.lanes) == 1)
+
+
+class _CountSearch:
+    """The search for one micro-batch count: bracket the least threshold any pipeline meets,
+    then solve the thresholds just above it."""
+
+    def __init__(self, *, cache: TableCache, pools: list[Pool], groups: list[DeviceGroup],
+                 micro_batches: int, search: SearchConfig, fluid: FluidBound,
+                 outcome: SearchOutcome, budget: Budget, design: _Design,
+                 say: Callable[[str], None]) -> None:
+        self.cache, self.pools, self.groups = cache, pools, groups
+        self.m = micro_batches
+        self.b = cache.training.global_batch // micro_batches
+        self.search, self.fluid, self.outcome, self.budget, self.say = (
+            search, fluid, outcome, budget, say)
+        self.design = design
+        model = cache.model
+        max_stages = min(search.max_stages or model.num_layers, model.num_layers)
+        self.menu = _restricted(build_menu(cache, groups, micro_batch_samples=self.b,
+                                           search=search, check=budget.check), design)
+        self.capacity = np.array([p.num_devices for p in pools], dtype=np.int64)
+        self.in_flight = _in_flight(cache.training, micro_batches, max_stages)
+        self.problem = PipelineProblem(menu=self.menu, groups=tuple(groups),
+                                       in_flight=self.in_flight, capacity=self.capacity)
+        self.floor = self._slowest_floor()
+        #: proven: no pipeline has its slowest stage at or below this
+        self.least = self.floor
+        #: the least threshold a pipeline was found at
+        self.feasible_at = math.inf
+        self.done = not self.menu.size
+        #: (τ_low, τ_high, bound) cells of the tightened bound; empty until tightened
+        self.cells: list[tuple[float, float, float]] = []
+        self.tightened = False
+
+    def _slowest_floor(self) -> float:
+        """A lower bound on the slowest stage: the fluid one, and no stage can be faster
+        than the heaviest unit at its cheapest option."""
+        menu = self.menu
+        if menu.size == 0:
+            return math.inf
+        n = menu.ranges.num_units
+        units = menu.ranges.of[np.arange(n), np.arange(n) + 1]
+        fits = menu.kmax[:, units] >= 1
+        heaviest = float(np.where(fits, menu.busy[:, units], np.inf).min(axis=0).max())
+        return max(self.fluid.slowest_stage_s, heaviest)
+
+    def _iteration_floor(self, slowest: float) -> float:
+        m = self.m
+        return max(m * slowest, (m - 1) * slowest + self.fluid.pass_through_s)
+
+    def best(self) -> float:
+        """The best plan priced at this count so far."""
+        return min((sol.iteration_s for sol in self.outcome.kept.values()
+                    if sol.micro_batches == self.m), default=math.inf)
+
+    def bound(self) -> float:
+        """A lower bound on every plan of this count in the search space: the fluid one, the
+        bracket's, and — once tightened — the least over threshold cells of the Lagrangian
+        bound (cells above the ceiling cannot beat the best plan)."""
+        if not math.isfinite(self.least):
+            return math.inf
+        base = max(self.fluid.iteration_s, self._iteration_floor(self.least))
+        if not self.cells:
+            return base
+        inc = self.outcome.incumbent
+        return max(base, min([b for _, _, b in self.cells] + [inc]))
+
+    def _ceiling(self) -> float:
+        """No plan whose slowest stage exceeds this can beat the best plan."""
+        inc = self.outcome.incumbent
+        if not math.isfinite(inc):
+            return self.floor * 8.0
+        if self.m == 1:
+            return inc
+        return max(self.floor, min(inc / self.m,
+                                   (inc - self.fluid.pass_through_s) / (self.m - 1)))
+
+    def _solve(self, taus: np.ndarray, alternatives: int = 1
+               ) -> tuple[tuple[tuple[Stage, ...], ...], ...]:
+        self.budget.check()
+        paths = solve_pipelines(self.problem, taus, alternatives=alternatives,
+                                check=self.budget.check)
+        self.budget.charge(pipeline_cells(self.problem, taus.size))
+        self.outcome.programmes += 1
+        self.outcome.thresholds += taus.size
+        return paths
+
+    def probe(self) -> None:
+        """One call over ``[floor, ceiling]``: the first feasible threshold's pipelines are
+        priced, and the bracket ``(least, feasible_at]`` is set."""
+        if self.done:
+            return
+        self._narrow(self.least, max(self._ceiling(), self.least * 1.001), rounds=1)
+
+    def seed(self) -> None:
+        """Two thresholds, twice and eight times the floor, in one call (a quarter of a
+        probe's grid): the tighter one that any pipeline meets gives the first plan."""
+        if self.done:
+            return
+        taus = np.array([self.floor * 2.0, max(self._ceiling(), self.floor * 2.0)])
+        for paths in self._solve(taus):
+            if paths:
+                self._price_paths(list(paths))
+                return
+
+    def refine(self) -> None:
+        """Narrow the bracket further, then solve the thresholds just above its top."""
+        if self.done:
+            return
+        if self.feasible_at / self.least > 1 + _FINEST:
+            self._narrow(self.least, self.feasible_at, rounds=_BRACKET_ROUNDS - 1)
+        if self.done:
+            return
+        base = self.feasible_at
+        near = base * (1.0 + np.array(_ABOVE))
+        # Where the pass-through time weighs (few micro-batches), fewer, slower stages can
+        # win: thresholds up to the ceiling too.
+        top = max(self._ceiling(), base)
+        far = np.geomspace(base * (1.0 + _ABOVE[-1]), max(top, base * (1.0 + _ABOVE[-1])),
+                           _FAR + 1)[1:]
+        taus = np.unique(np.concatenate([near, far]))
+        for found in self._solve(taus, alternatives=_ALTERNATIVES):
+            self._price_paths(list(found))
+        self.done = True
+
+    def _narrow(self, lo: float, hi: float, *, rounds: int) -> None:
+        """Geometric grids on ``[lo, hi]``: ``least`` becomes the largest threshold proven
+        infeasible, ``feasible_at`` the least feasible one seen."""
+        for _ in range(rounds):
+            grid = np.geomspace(lo, hi, _BATCH)
+            paths = self._solve(grid)
+            feasible = [k for k, p in enumerate(paths) if p]
+            if not feasible:
+                self.least = max(self.least, float(grid[-1]))
+                if not math.isfinite(self.feasible_at):
+                    self.outcome.pruned["no_path"] += 1
+                    self.done = True
+                return
+            j = feasible[0]
+            self._price_paths(list(paths[j]))
+            self.feasible_at = min(self.feasible_at, float(grid[j]))
+            if j == 0:
+                return
+            lo, hi = float(grid[j - 1]), float(grid[j])
+            self.least = max(self.least, lo)
+            if hi / lo <= 1 + _FINEST:
+                return
+
+    def tighten(self) -> None:
+        """Bound ``Σ u`` under capacity on cells of thresholds from the bracket to the
+        ceiling (Lagrangian, ``pipeline_dp.priced_lower_bounds``), keeping per cell the best
+        of a few device prices: every plan of this count lies in one cell."""
+        if not math.isfinite(self.least) or self.tightened:
+            return
+        self.tightened = True
+        top = self._ceiling()
+        if top <= self.least * (1 + _FINEST):
+            self.cells = [(self.least, top, self._iteration_floor(top))]
+            return
+        edges = np.geomspace(self.least, top, _BOUND_CELLS + 1)
+        highs = edges[1:]
+        worth = np.maximum(np.array(self.fluid.device_worth), 0.0)
+        scale = self.outcome.incumbent / max(self.m, 1)
+        lams = scale * np.array(_PRICE_SCALES)
+        tau = np.repeat(highs, lams.size)
+        mu = np.tile(lams, highs.size)[:, None] * worth[None, :]
+        values = self._priced(tau, mu).reshape(highs.size, lams.size)
+        sigma = values.max(axis=1)
+        m = self.m
+        # Around each cell's best scale, move one pool's price at a time — only in the cells
+        # that can still hold a plan better than the best one: the bound is the least cell's,
+        # capped at the best plan, so a cell already at or above it cannot lower the bound.
+        open_ = np.flatnonzero((m - 1) * edges[:-1] + sigma < self.outcome.incumbent)
+        if open_.size:
+            best_lam = lams[np.argmax(values[open_], axis=1)]
+            factors = (0.5, 2.0)
+            trials = [worth * np.where(np.arange(worth.size) == p_, f_, 1.0)
+                      for p_ in range(worth.size) for f_ in factors]
+            tau2 = np.repeat(highs[open_], len(trials))
+            mu2 = np.concatenate([b * np.array(trials) for b in best_lam])
+            values2 = self._priced(tau2, mu2).reshape(open_.size, len(trials))
+            sigma[open_] = np.maximum(sigma[open_], values2.max(axis=1))
+        self.cells = [(float(lo), float(hi), max((m - 1) * lo + float(v),
+                                                  self._iteration_floor(float(lo))))
+                      for lo, hi, v in zip(edges[:-1], highs, sigma, strict=True)]
+
+    def _priced(self, tau: np.ndarray, mu: np.ndarray) -> np.ndarray:
+        """The priced bounds of ``(tau, mu)`` cells, ``_BOUND_BLOCK`` cells per programme pass
+        (each cell is independent: blocks bound the arrays' memory, not the values)."""
+        self.budget.check()
+        values = np.concatenate([
+            priced_lower_bounds(self.problem, tau[k:k + _BOUND_BLOCK], mu[k:k + _BOUND_BLOCK],
+                                check=self.budget.check)
+            for k in range(0, tau.size, _BOUND_BLOCK)])
+        self.budget.charge(pipeline_cells(self.problem, tau.size))
+        self.outcome.programmes += 1
+        return values
+
+    def polish(self, sol: Solution) -> Solution:
+        """``sol`` improved by exact-priced local moves (``polish.polish``)."""
+        def price(options, spans):
+            self._assemble(list(options), list(spans) if spans else None)
+            key = (self.m, tuple(options))
+            return next((s for s in self.outcome.kept.values()
+                         if (s.micro_batches, s.options) == key), None)
+
+        return polish(sol, menu=self.menu, in_flight=self.in_flight, capacity=self.capacity,
+                      use_all=not self.search.allow_idle, price=price,
+                      exhausted=lambda: self.budget.exhausted,
+                      repick_time=_POLISH_TIME, seconds_left=self.budget.seconds_left)
+
+    def _price_paths(self, paths: list[tuple[Stage, ...]]) -> None:
+        """Upgrade each pipeline with the devices it leaves idle, then price exactly those
+        whose estimate (compute only) can still come near the best plan, best first."""
+        found: dict[tuple[StageOption, ...], tuple[float, list[tuple[int, int]]]] = {}
+        seen: set[tuple] = set()
+        for path in paths:
+            key = tuple((st.start, st.end, st.option) for st in path)
+            if not path or key in seen:
+                continue
+            seen.add(key)
+            picked, estimate = upgrade_options(self.menu, path, in_flight=self.in_flight,
+                                               capacity=self.capacity, micro_batches=self.m,
+                                               use_all=not self.search.allow_idle)
+            if picked is None:
+                continue
+            options = tuple(self.menu.options[o] for o in picked)
+            if options not in found or estimate < found[options][0]:
+                found[options] = (estimate, [(st.start, st.end) for st in path])
+        for options, (estimate, spans) in sorted(found.items(), key=lambda kv: (kv[1][0],
+                                                                              kv[0])):
+            if estimate > self.outcome.incumbent * _ESTIMATE_SLACK:
+                break
+            self._assemble(list(options), spans)
+
+    def _assemble(self, options: list[StageOption],
+                  spans: list[tuple[int, int]] | None) -> None:
+        key = (self.m, tuple(options))
+        if key in self.outcome.tried:
+            return
+        self.outcome.tried.add(key)
+        self.budget.check()
+        sol = assemble(self.cache, self.pools, options, micro_batches=self.m,
+                       micro_batch_samples=self.b, allow_recompute=self.search.allow_recompute,
+                       upper_bound=self.outcome.incumbent * 1.05,
+                       uniform_recompute=bool(self.search.target), spans=spans)
+        n = self.cache.model.num_layers
+        self.budget.charge(len(options) * (n + 1) ** 2 * 8)
+        if sol is None:
+            return
+        used = sum(o.num_devices for o in options)
+        if not self.search.allow_idle and used != int(self.capacity.sum()):
+            return
+        if self.outcome.offer(sol, uses_all=used == int(self.capacity.sum())):
+            self.say(f"best so far {sol.iteration_s * 1e3:.1f} ms "
+                     f"(m={self.m}, {len(options)} stages), "
+                     f"{len(self.outcome.tried)} candidates explored")
+
+
+def _polish(searches: list[_CountSearch], outcome: SearchOutcome, budget: Budget) -> None:
+    """Local search around the best plan of each of the best counts (``polish``): a stage may
+    move to another group, so a pool may end up holding more than one run — the polish can
+    leave the programme's space, never the plan schema."""
+    best_per_count: dict[int, Solution] = {}
+    for sol in sorted(outcome.kept.values(), key=lambda s: (s.iteration_s, s.key)):
+        best_per_count.setdefault(sol.micro_batches, sol)
+    ranked = sorted(best_per_count.values(), key=lambda s: (s.iteration_s, s.key))
+    for sol in ranked[:_POLISHED]:
+        if budget.exhausted:
+            return
+        cs = next((c for c in searches if c.m == sol.micro_batches
+                   and all(c.design.admits(o) for o in sol.options)), None)
+        if cs is not None:
+            cs.polish(sol)
+
+
+def _restricted(menu: Menu, design: _Design) -> Menu:
+    """The menu without the options ``design`` rules out."""
+    keep = np.array([design.admits(o) for o in menu.options], dtype=bool)
+    if keep.all():
+        return menu
+    return Menu(micro_batch_samples=menu.micro_batch_samples,
+                options=tuple(o for o, k in zip(menu.options, keep, strict=True) if k),
+                group=menu.group[keep], devices=menu.devices[keep], share=menu.share[keep],
+                busy=menu.busy[keep], kmax=menu.kmax[keep], tail=menu.tail[keep],
+                ranges=menu.ranges)
+
+
+def _designs(training: TrainingConfig, search: SearchConfig, micro_batches: int,
+             pools: Sequence[Pool]) -> list[_Design]:
+    """Free design, or for ``--target`` every (TP, replicas) pair that divides the
+    micro-batch evenly (the targets split every micro-batch equally)."""
+    if not search.target:
+        return [_Design()]
+    b = training.global_batch // micro_batches
+    qmax = max(search.micro_batch_sizes)
+    g = min(p.devices_per_node for p in pools)
+    return [_Design(tp=t, replicas=d) for t in sorted(set(search.tp_degrees))
+            if t <= g and g % t == 0
+            for d in range(1, b + 1) if b % d == 0 and b // d <= qmax]
+
+
+@dataclass
+class _Run:
+    """One run of the loop: what it found, the per-count searches (their bounds), the fluid
+    bounds and the budget it spent."""
+
+    outcome: SearchOutcome
+    searches: list[_CountSearch]
+    fluid: dict[int, FluidBound]
+    budget: Budget
+
+    def lower_bound(self) -> float:
+        """The least bound over every count: a count the search never reached (stopped
+        before its menu was built) still has its fluid bound."""
+        reached = {cs.m for cs in self.searches}
+        unreached = [fl.iteration_s for m, fl in self.fluid.items() if m not in reached]
+        return min([self.outcome.incumbent] + unreached
+                   + [cs.bound() for cs in self.searches])
+
+
+def _run(cache: TableCache, pools: list[Pool], groups: list[DeviceGroup], *,
+         training: TrainingConfig, search: SearchConfig, budget: Budget,
+         say: Callable[[SearchProgress], None], before: _Run | None = None) -> _Run:
+    """Probe every count, refine the promising ones, polish, tighten (module docstring).
+    ``say`` hears of every new best plan and tighter bound, with ``before``'s (the pass this
+    one follows) folded in, so a display's best plan and gap are those of the whole search."""
+    outcome = SearchOutcome()
+    counts = _divisors(training.global_batch)
+    fluid = {m: fluid_bound(cache, pools, micro_batches=m, search=search) for m in counts}
+    searches: list[_CountSearch] = []
+    seed = SearchOutcome()
+    runs = [_Run(outcome=outcome, searches=searches, fluid=fluid, budget=budget),
+            *([before] if before is not None else [])]
+
+    def news(_what: str = "") -> None:
+        """Tell ``say`` where the search stands (a count's own words are not needed)."""
+        say(search_progress([r.outcome.best for r in runs],
+                            lower_bound_s=min(r.lower_bound() for r in runs), pools=len(pools),
+                            device_groups=len(groups),
+                            candidates=sum(r.outcome.priced for r in runs)))
+
+    news()
+    try:
+        _seed(cache, pools, groups, counts=counts, fluid=fluid, training=training,
+              search=search, outcome=seed, budget=budget)
+        # A first bracket and plan for every count, each menu built just before its probe:
+        # the first plan does not wait for every count's menu (seconds on large clusters).
+        for m in sorted(counts, key=lambda c: (fluid[c].iteration_s, -c)):
+            for design in _designs(training, search, m, pools):
+                budget.check()
+                if fluid[m].iteration_s >= outcome.incumbent * (1 - 1e-9):
+                    # Its bound cannot beat the best plan: pruned before its menu is built
+                    # (the fluid bound still counts in the gap, see ``_Run.lower_bound``).
+                    outcome.pruned["bound"] += 1
+                    continue
+                cs = _CountSearch(
+                    cache=cache, pools=pools, groups=groups, micro_batches=m, search=search,
+                    fluid=fluid[m], outcome=outcome, budget=budget, design=design, say=news)
+                searches.append(cs)
+                if budget.exhausted:
+                    continue
+                if cs.bound() < outcome.incumbent * (1 - 1e-9):
+                    cs.probe()
+                else:
+                    cs.done = True
+                    outcome.pruned["bound"] += 1
+        # Then in full, the most promising counts first, while their bound can still win.
+        for cs in sorted(searches, key=lambda c: (c.best(), c.bound(), -c.m)):
+            if budget.exhausted:
+                break
+            if cs.done:
+                continue
+            if cs.bound() >= outcome.incumbent * (1 - 1e-9):
+                outcome.pruned["bound"] += 1
+                cs.done = True
+                continue
+            outcome.counts_tried += 1
+            cs.refine()
+            news()
+        _polish(searches, outcome, budget)
+        # Last, with what the budget leaves: tighter bounds, the weakest first.
+        for cs in sorted(searches, key=lambda c: (c.bound(), -c.m)):
+            if budget.exhausted or cs.bound() >= outcome.incumbent * (1 - _GAP_GOAL):
+                continue
+            cs.tighten()
+            news()
+    except OutOfTime:
+        pass
+    if outcome.best is None and seed.best is not None:
+        # stopped before any full probe priced a plan: the seed's is the plan
+        runs[0].outcome = seed
+        news()
+    return runs[0]
+
+
+def _seed(cache: TableCache, pools: list[Pool], groups: list[DeviceGroup], *,
+          counts: Sequence[int], fluid: dict[int, FluidBound], training: TrainingConfig,
+          search: SearchConfig, outcome: SearchOutcome, budget: Budget) -> None:
+    """A fallback plan from the cheapest menu, before any full one is built, into its own
+    ``outcome``.
+
+    Mixed-chip groups hold most of a menu's options (replica pairs × share pairs), so on a
+    large cluster the first full menu and probe take seconds — longer than a short time
+    limit on a loaded machine, which would then end with no plan at all. The plain groups
+    (``device_groups`` lists them first, with the same indices) of the most promising count
+    give a plan in a fraction of that. It is kept apart from the search's own outcome: as an
+    early incumbent it would move every count's ceiling and thresholds, and on large
+    clusters that led the search to worse plans (16,384 devices: 6.6 % slower); it is the plan
+    only when the clock stops the search before any full probe priced one."""
+    plain = [g for g in groups if not g.mixed]
+    if len(plain) == len(groups):
+        return  # the first full probe is as cheap
+    tries = 0
+    for m in sorted(counts, key=lambda c: (fluid[c].iteration_s, -c)):
+        budget.check()
+        designs = _designs(training, search, m, pools)
+        if not designs:
+            continue
+        cs = _CountSearch(cache=cache, pools=pools, groups=plain, micro_batches=m,
+                          search=search, fluid=fluid[m], outcome=outcome, budget=budget,
+                          design=designs[0], say=lambda _msg: None)
+        if cs.done:
+            continue  # no option at this count's micro-batch size (an empty menu is cheap)
+        cs.seed()
+        tries += 1
+        if outcome.best is not None or tries >= _SEED_COUNTS:
+            return
 
 
 def search_plan(*, model: ModelProfile, cluster: Cluster, training: TrainingConfig,
                 search: SearchConfig, costs: LayerCostProvider | None = None,
-                progress: Callable[[str], None] | None = None) -> Plan:
-    """Find the fastest plan under the cost model (see module docstring)."""
-    t0 = time.perf_counter()
+                progress: Callable[[SearchProgress], None] | None = None) -> Plan:
+    """Find the fastest plan under the cost model (see module docstring); ``progress``
+    receives a ``SearchProgress`` at every new best plan and tighter bound."""
+    budget = Budget(work=search.budget, time_limit_s=search.time_limit_s * _LOOP_SHARE)
+    say = progress or (lambda _event: None)
     costs = costs or AnalyticCosts()
-    say = progress or (lambda _msg: None)
-    cache = TableCache(model=model, cluster=cluster, costs=costs, training=training)
-    plain = find_pools(cluster)
-    # Mixed pools (replicas of two chips of one collective group in the same stages, with
-    # uneven batch shares) are not expressible by the runtimes a --target names.
-    pools = plain + ([] if search.target else mixed_pools(plain, cluster))
-    n_units = model.num_layers
-    max_stages = min(search.max_stages or n_units, n_units)
     _check_static_memory(model, cluster, training)
+    pools = find_pools(cluster)
+    groups = device_groups(pools, cluster, mixed=not search.target)
+    cache = TableCache(model=model, cluster=cluster, pools=pools, costs=costs,
+                       training=training)
+    run = _run(cache, pools, groups, training=training, search=search, budget=budget, say=say)
+    if _worth_halving(pools, cluster):
+        pools, groups, cache, run = _with_halves(cluster, model, costs, (pools, groups, cache),
+                                                 run, training=training, search=search,
+                                                 say=say)
+    outcome = run.outcome
+    if outcome.best is None:
+        if budget.stopped_by != STOP_COMPLETE:
+            raise NoFeasiblePlanError(
+                f"the search stopped ({budget.stopped_by}: {search.time_limit_s:g} s, "
+                f"{search.budget:g} work units) before any pipeline fitted",
+                fix="raise --time-limit or --budget")
+        raise NoFeasiblePlanError(_explain_infeasible(model, cluster))
+    every = _every_device(cache, pools, groups, run, training=training, search=search)
+    # m · (the fluid slowest stage) is the same for every count: all the work over all the
+    # devices' best rates.
+    balance = min(fl.micro_batches * fl.slowest_stage_s for fl in run.fluid.values())
+    return build_plan(outcome, model=model, cluster=cluster, training=training,
+                      search=search, pools=pools, budget=budget,
+                      lower_bound=run.lower_bound(), perfect_balance_s=balance,
+                      best_all=every)
 
-    pruned: dict[str, int] = {"lower_bound": 0, "memory": 0, "batch": 0, "stages": 0,
-                              "target": 0, "infeasible": 0}
-    per_pool = [pool_options(p, search, max_stages=max_stages) for p in pools]
-    everything = frozenset(range(len(plain)))
 
-    def covers_all(options: tuple[PoolOption, ...]) -> bool:
-        return frozenset().union(*(members(pools[o.pool]) for o in options)) == everything
+def _worth_halving(pools: list[Pool], cluster: Cluster) -> bool:
+    """Small clusters, where one device group's run at each end of the pipeline can win and
+    a second pass costs little."""
+    return (len(pools) <= _HALVE_POOLS and cluster.num_devices <= _HALVE_DEVICES
+            and any(len(p.nodes) > 1 for p in pools))
 
-    subsets: list[tuple[int, ...]] = []
-    for r in range(len(pools), 0, -1):
-        for subset in itertools.combinations(range(len(pools)), r):
-            used = [members(pools[i]) for i in subset]
-            if sum(len(u) for u in used) != len(frozenset().union(*used)):
-                continue  # two pools of the subset share nodes
-            if not search.allow_idle and frozenset().union(*used) != everything:
-                continue
-            subsets.append(subset)
-    m_choices = divisors(training.global_batch)
-    blocks = np.array([layer.kind == "block" for layer in model.layers])
-    max_share = max(search.micro_batch_sizes)
 
-    heap: list[_Candidate] = []
-    level1 = 0
-    for subset in subsets:
-        dps = sorted({o.dp for i in subset for o in per_pool[i]})
-        for dp in dps:
-            choices = [[o for o in per_pool[i] if o.dp == dp] for i in subset]
-            if any(not c for c in choices):
-                continue
-            for combo in itertools.product(*choices):
-                level1 += 1
-                p = sum(o.num_stages for o in combo)
-                if p > max_stages:
-                    pruned["stages"] += 1
-                    continue
-                if not _static_fits(model, cluster, pools, combo, training):
-                    pruned["memory"] += 1
-                    continue
-                for m in m_choices:
-                    b_mb = training.global_batch // m
-                    if b_mb < dp or math.ceil(b_mb / dp) > max_share:
-                        pruned["batch"] += 1
-                        continue
-                    if not _expressible(combo, b_mb, search.target):
-                        pruned["target"] += 1
-                        continue
-                    built = [cache.shapes(pools[o.pool], o, b_mb) for o in combo]
-                    if any(not b or b[0].max_share > max_share for b in built):
-                        pruned["batch"] += 1
-                        continue
-                    shapes = [b[0] for b in built]
-                    costs_ = [cache.unit_costs(s) for s in shapes]
-                    lb = order_free_bound(costs_, [o.num_stages for o in combo], m, blocks)
-                    base = float(np.vstack(costs_).min(axis=0).sum())
-                    lb = max(lb, _water_bound(cache, pools, combo, shapes, m, base, search))
-                    if not math.isfinite(lb):
-                        pruned["memory"] += 1
-                        continue
-                    for order in sorted(set(itertools.permutations(combo))):
-                        key = (tuple((o.pool, o.stage_devices, o.tp) for o in order), m)
-                        heapq.heappush(heap, _Candidate(lb, key, order, m, False, base))
-    say(f"level 1: {len(heap)} candidate shapes after pruning {sum(pruned.values())}")
+def _with_halves(cluster: Cluster, model: ModelProfile, costs: LayerCostProvider,
+                 whole: tuple[list[Pool], list[DeviceGroup], TableCache], run: _Run, *,
+                 training: TrainingConfig, search: SearchConfig,
+                 say: Callable[[SearchProgress], None]
+                 ) -> tuple[list[Pool], list[DeviceGroup], TableCache, _Run]:
+    """A second pass with every pool of several nodes in halves (``groups.halved_pools``);
+    the better plan wins, and the bound is the lesser of the two passes' (each covers its own
+    space). Returns the winning pass's pools, groups, cache and run."""
+    halves = halved_pools(find_pools(cluster))
+    groups = device_groups(halves, cluster, mixed=not search.target)
+    cache = TableCache(model=model, cluster=cluster, pools=halves, costs=costs,
+                       training=training)
+    other = _run(cache, halves, groups, training=training, search=search, budget=run.budget,
+                 say=say, before=run)
+    if other.outcome.incumbent < run.outcome.incumbent * (1 - 1e-12):
+        other.searches += run.searches
+        return halves, groups, cache, other
+    run.searches += other.searches
+    return (*whole, run)
 
-    best: _Solved | None = None
-    best_all: _Solved | None = None  # best that uses every pool (for the idle note)
-    kept: list[_Solved] = []
-    explored = 0
-    timed_out = False
-    open_bound = math.inf
-    inexact_bound = math.inf
-    deferred: list[_Candidate] = []  # full-pool candidates pruned before one was solved
 
-    def visit(cand: _Candidate, heap_: list[_Candidate]) -> None:
-        """Tighten a candidate's bound (re-queue it) or solve it exactly."""
-        nonlocal best, best_all, explored, inexact_bound
-        if not cand.strong:
-            ctxs = _build_stages(cache, pools, cand.options, micro_batches=cand.micro_batches,
-                                 micro_batch_samples=training.global_batch // cand.micro_batches)
-            strong, cand.slowest = memory_aware_bound(
-                ctxs, model, cand.micro_batches, allow_recompute=search.allow_recompute,
-                base=cand.base, terms_cache=cache.bound_terms)
-            if not math.isfinite(strong):
-                pruned["memory"] += 1
-                return
-            cand.bound, cand.strong = max(strong, cand.bound), True
-            heapq.heappush(heap_, cand)
-            return
-        order = cand.options
-        explored += 1
-        full_pool = covers_all(order)
-        ub = math.inf if best is None else best.iteration_s
-        if full_pool and best_all is not None:
-            ub = max(ub, best_all.iteration_s)
-        elif full_pool:
-            ub = math.inf
-        res = _solve(cache, pools, order, micro_batches=cand.micro_batches,
-                     training=training, search=search, upper_bound=ub,
-                     min_threshold=cand.slowest)
-        if res is None:
-            pruned["infeasible"] += 1
-            return
-        res.lower_bound = min(res.iteration_s, max(res.lower_bound, cand.bound))
-        kept.append(res)
-        if best is None or res.iteration_s < best.iteration_s - 1e-12:
-            best = res
-            say(f"best so far {res.iteration_s * 1e3:.1f} ms: "
-                f"{_describe(order, pools, cand.micro_batches)}")
-        if full_pool and (best_all is None or res.iteration_s < best_all.iteration_s):
-            best_all = res
-
-    while heap:
-        cand = heapq.heappop(heap)
-        if time.perf_counter() - t0 > search.time_limit_s or explored >= search.max_solves:
-            timed_out = True
-            open_bound = cand.bound
-            break
-        if best is not None and cand.bound >= best.iteration_s * (1 - 1e-9):
-            pruned["lower_bound"] += 1
-            if covers_all(cand.options) and best_all is None:
-                deferred.append(cand)
-            continue
-        visit(cand, heap)
-    # The plan may leave pools idle; find the best plan that uses every device so the plan
-    # can say what using them would cost.
-    heapq.heapify(deferred)
-    while deferred and best_all is None and not timed_out:
-        cand = heapq.heappop(deferred)
-        if time.perf_counter() - t0 > search.time_limit_s or explored >= search.max_solves:
-            break
-        visit(cand, deferred)
-    if best is not None and not timed_out and search.certify_max > 0:
-        _certify(cache, pools, kept, best, training=training, search=search, pruned=pruned)
-    if best is not None:
-        inexact_bound = min([best.iteration_s] + [r.lower_bound for r in kept])
-    if best is None and timed_out:
-        raise NoFeasiblePlanError(
-            f"the search stopped (time limit {search.time_limit_s:g} s or "
-            f"{search.max_solves} solves) before it had solved any candidate",
-            fix="raise --time-limit")
-    if best is None:
-        raise NoFeasiblePlanError(_explain_infeasible(model, cluster, training, pruned))
-    elapsed = time.perf_counter() - t0
-    lower = min(best.iteration_s, open_bound, inexact_bound)
-    gap = max(0.0, (best.iteration_s - lower) / best.iteration_s)
-    stats = SearchStats(
-        time_s=elapsed, explored=explored, pruned=pruned, level1_candidates=level1,
-        exact_solves=explored, solver=search.solver, lower_bound_s=lower, optimality_gap=gap,
-        timed_out=timed_out)
-    return build_plan(best, pools=pools, model=model, cluster=cluster, training=training,
-                      stats=stats, alternatives=kept, best_all=best_all,
-                      n_alternatives=search.alternatives)
+def _every_device(cache: TableCache, pools: list[Pool], groups: list[DeviceGroup], run: _Run,
+                  *, training: TrainingConfig, search: SearchConfig) -> Solution | None:
+    """When the best plan leaves devices idle: the best plan found that uses every device,
+    from a short search of its own (a fifth of the budget and of the time left) if the main
+    one priced none — so the plan can say what using them all would cost."""
+    best = run.outcome.best
+    total = sum(p.num_devices for p in pools)
+    if best is None or sum(o.num_devices for o in best.options) == total:
+        return None
+    if run.outcome.best_all is not None or not search.allow_idle:
+        return run.outcome.best_all
+    left = run.budget.seconds_left()
+    if left <= 0:
+        return None
+    sub = replace(search, allow_idle=False, budget=search.budget * _EVERY_SHARE,
+                  time_limit_s=left * _EVERY_SHARE)
+    budget = Budget(work=sub.budget, time_limit_s=sub.time_limit_s)
+    other = _run(cache, pools, groups, training=training, search=sub, budget=budget,
+                 say=lambda _event: None)
+    run.budget.charge(budget.spent * 1e6)
+    return other.outcome.best
 
 
 def _check_static_memory(model: ModelProfile, cluster: Cluster, training: TrainingConfig) -> None:
@@ -508,86 +709,10 @@ def _check_static_memory(model: ModelProfile, cluster: Cluster, training: Traini
             fix="add devices, enable --zero1, or choose a smaller model")
 
 
-def _explain_infeasible(model: ModelProfile, cluster: Cluster, training: TrainingConfig,
-                        pruned: dict[str, int]) -> str:
+def _explain_infeasible(model: ModelProfile, cluster: Cluster) -> str:
     biggest = max(model.layers, key=lambda layer: layer.activation_bytes)
     max_mem = max(cluster.device_memory_bytes(n) for n in cluster.nodes)
     return (
         "no split fits in memory: the largest unit ('" + biggest.name + "') keeps "
         f"{biggest.activation_bytes / 1e9:.2f} GB of activations per sample at seq_len "
-        f"{model.seq_len}; the largest device has {max_mem / 1e9:.0f} GB. "
-        f"Pruned: {', '.join(f'{k}={v}' for k, v in pruned.items() if v)}"
-    )
-
-
-def _stage_plans(stages: list[StageAssignment], model: ModelProfile) -> tuple[StagePlan, ...]:
-    out = []
-    for st in stages:
-        units = model.layers[st.start:st.end]
-        mods: list[str] = []
-        for u in units:
-            mods.extend(u.module_names)
-        out.append(StagePlan(
-            index=st.ctx.index, chip=st.ctx.shape.chip, layer_start=st.start,
-            layer_end=st.end, layer_names=tuple(u.name for u in units),
-            module_names=tuple(mods), tp=st.ctx.shape.tp, replicas=st.ctx.shape.replicas,
-            recompute=st.recompute, cost_source=st.ctx.tables.cost_source(st.start, st.end)))
-    return tuple(out)
-
-
-def model_ref(model: ModelProfile) -> ModelRef:
-    return ModelRef(name=model.name, source_file=model.source_file,
-                    fingerprint=model.fingerprint, num_layers=model.num_layers,
-                    params=model.total_params, seq_len=model.seq_len, dtype=model.dtype,
-                    tokens_per_sample=model.tokens_per_sample, block_list=model.block_list,
-                    model_args=dict(model.model_args))
-
-
-def cluster_ref(cluster: Cluster) -> ClusterRef:
-    return ClusterRef(name=cluster.name, source_file=cluster.source_file,
-                      num_devices=cluster.num_devices, chips=tuple(cluster.chip_types()))
-
-
-def build_plan(best: _Solved, *, pools: list[Pool], model: ModelProfile, cluster: Cluster,
-               training: TrainingConfig, stats: SearchStats, alternatives: list[_Solved],
-               best_all: _Solved | None, n_alternatives: int) -> Plan:
-    """Assemble the plan JSON object for the chosen solution."""
-    pred = predict(best.stages, micro_batches=best.micro_batches, model=model,
-                   training=training,
-                   peak_flops=peak_flops_of(best.stages, cluster, training.dtype))
-    used = {(r.node, i) for st in best.stages for r in st.ctx.shape.replicas
-            for i in r.local_indices}
-    idle = tuple(f"{n.name}:{i}" for n in cluster.nodes for i in range(n.devices)
-                 if (n.name, i) not in used)
-    idle_note = ""
-    if idle:
-        if best_all is not None:
-            ratio = best_all.iteration_s / best.iteration_s
-            shape = _describe(best_all.options, pools, best_all.micro_batches)
-            idle_note = (f"using every device ({shape}) predicts "
-                         f"{best_all.iteration_s:.3f} s per iteration, "
-                         f"{ratio:.2f}× the chosen plan's {best.iteration_s:.3f} s")
-        else:
-            idle_note = "no plan that uses every device fits in memory or the search space"
-    seen = {(best.options, best.micro_batches)}
-    alts: list[Alternative] = []
-    for res in sorted(alternatives, key=lambda r: r.iteration_s):
-        key = (res.options, res.micro_batches)
-        if key in seen:
-            continue
-        seen.add(key)
-        alts.append(Alternative(
-            summary=_describe(res.options, pools, res.micro_batches),
-            iteration_s=res.iteration_s, ratio_to_best=res.iteration_s / best.iteration_s,
-            stages=tuple({"chip": st.ctx.shape.chip, "layers": st.end - st.start,
-                          "tp": st.ctx.shape.tp, "dp": st.ctx.shape.dp,
-                          "recompute": st.recompute} for st in res.stages)))
-        if len(alts) >= n_alternatives:
-            break
-    return Plan(
-        model=model_ref(model), cluster=cluster_ref(cluster),
-        global_batch=training.global_batch, micro_batch_count=best.micro_batches,
-        schedule=training.schedule, zero1=training.zero1,
-        stages=_stage_plans(best.stages, model),
-        memory_reserve_gb=training.memory_reserve_gb, prediction=pred, idle_devices=idle,
-        idle_note=idle_note, search=stats, alternatives=tuple(alts))
+        f"{model.seq_len}; the largest device has {max_mem / 1e9:.0f} GB")

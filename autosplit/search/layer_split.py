@@ -22,8 +22,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from autosplit.cost.pipeline import pipeline_period
 from autosplit.cost.stage import (
     StageContext,
+    backward_time,
     boundary_p2p,
     range_busy,
     range_memory,
@@ -33,6 +35,8 @@ from autosplit.cost.stage import (
 __all__ = ["SplitResult", "StageMatrices", "stage_matrices", "solve_split"]
 
 _INF = float("inf")
+#: Thresholds of the scan solved together (``_dp_batch``).
+_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class StageMatrices:
     extra: np.ndarray  # (L+1,) fill cost charged once for a boundary at j
     tail: np.ndarray  # (L+1, L+1) DP all-reduce + optimizer step after the pipeline drains
     bwd: np.ndarray  # (L+1, L+1) backward part of busy (the slack later stages' tails hide in)
+    hop: np.ndarray  # (L+1,) one-way transfer out over an overlapping link, boundary at j
+    in_flight: int  # micro-batches the stage may hold (cost.pipeline.pipeline_period)
 
 
 @dataclass(frozen=True)
@@ -76,38 +82,70 @@ def stage_matrices(ctx: StageContext, num_units: int, *, allow_recompute: bool) 
         use1 = valid & ~fit0 & fit1
         out = np.where(use1, busy1, out)
         rec = use1
-    extra = np.zeros(num_units + 1)
+    hop = np.zeros(num_units + 1)
     if ctx.link_out is not None and not StageContext.blocking(ctx.link_out):
-        extra = 2.0 * np.asarray(boundary_p2p(ctx, idx), dtype=float)
-    t = ctx.tables
+        hop = np.asarray(boundary_p2p(ctx, idx), dtype=float)
+    extra = 2.0 * hop
     dp_t, opt_t = range_tail(ctx, i + 0 * j, j + 0 * i)
-    bwd = (t.bwd[j] - t.bwd[i]) + (t.tpc[j] - t.tpc[i]) / 2 + np.where(rec, t.rec[j] - t.rec[i],
-                                                                      0.0)
+    bwd = np.max([backward_time(lane.tables, i, j, rec) for lane in ctx.all_lanes()], axis=0)
     return StageMatrices(busy=np.asarray(out, dtype=float), recompute=np.asarray(rec),
                          extra=extra, tail=np.asarray(dp_t + opt_t, dtype=float),
-                         bwd=np.asarray(bwd, dtype=float))
+                         bwd=np.asarray(bwd, dtype=float), hop=hop, in_flight=ctx.in_flight)
 
 
 def _dp(mats: Sequence[StageMatrices], threshold: float
         ) -> tuple[float, list[int] | None]:
     """Min Σ (u_s + extra) with every u_s ≤ threshold; returns (value, bounds)."""
+    (value,), (bounds,) = _dp_batch(mats, np.array([threshold]))
+    return value, bounds
+
+
+def _dp_batch(mats: Sequence[StageMatrices], thresholds: np.ndarray
+              ) -> tuple[list[float], list[list[int] | None]]:
+    """``_dp`` for several thresholds in one pass (one array axis per threshold): the scan
+    solves its thresholds in chunks, so numpy's per-call cost is paid once per chunk."""
     n = mats[0].busy.shape[0]
-    f = np.full(n, _INF)
-    f[0] = 0.0
+    t = thresholds.size
+    f = np.full((t, n), _INF)
+    f[:, 0] = 0.0
+    cols = np.arange(n)[None, :]
+    rows = np.arange(t)[:, None]
     choices: list[np.ndarray] = []
     for m in mats:
-        cost = np.where(m.busy <= threshold, m.busy + m.extra[None, :], _INF)
-        tot = f[:, None] + cost
-        arg = np.argmin(tot, axis=0)
-        f = tot[arg, np.arange(n)]
+        cost = m.busy + m.extra[None, :]
+        # (T, i, j): the split's value so far plus this stage, where it meets the threshold
+        tot = np.add(f[:, :, None], cost[None])
+        tot[m.busy[None, :, :] > thresholds[:, None, None]] = _INF
+        arg = np.argmin(tot, axis=1)
+        f = tot[rows, arg, cols]
         choices.append(arg)
-    if not np.isfinite(f[-1]):
-        return _INF, None
-    bounds = [n - 1]
-    for arg in reversed(choices):
-        bounds.append(int(arg[bounds[-1]]))
-    bounds.reverse()
-    return float(f[-1]), bounds
+    values: list[float] = []
+    paths: list[list[int] | None] = []
+    for k in range(t):
+        if not np.isfinite(f[k, -1]):
+            values.append(_INF)
+            paths.append(None)
+            continue
+        bounds = [n - 1]
+        for arg in reversed(choices):
+            bounds.append(int(arg[k, bounds[-1]]))
+        bounds.reverse()
+        values.append(float(f[k, -1]))
+        paths.append(bounds)
+    return values, paths
+
+
+def _least_threshold(mats: Sequence[StageMatrices]) -> float:
+    """The least threshold any split meets: a bottleneck (min-max) shortest path over the
+    same stages and boundaries, ``g_s[j] = min_i max(g_{s−1}[i], u_s[i, j])`` — exactly the
+    least ``M`` for which ``_dp(mats, M)`` is finite, found in one pass instead of a search
+    over thresholds."""
+    n = mats[0].busy.shape[0]
+    g = np.full(n, _INF)
+    g[0] = -_INF
+    for m in mats:
+        g = np.maximum(g[:, None], m.busy).min(axis=0)
+    return float(g[-1])
 
 
 def _evaluate(mats: Sequence[StageMatrices], bounds: Sequence[int], m: int
@@ -152,10 +190,24 @@ def _polish(mats: Sequence[StageMatrices], bounds: list[int], m: int, obj: float
     return obj, bounds
 
 
-def _pipeline_part(mats: Sequence[StageMatrices], bounds: Sequence[int], m: int) -> float:
+def _pipeline_floor(mats: Sequence[StageMatrices], bounds: Sequence[int], m: int) -> float:
+    """``Σ u + fill + (m − 1)·max u``: what the threshold scan minimises exactly, a lower bound
+    on ``_pipeline_part``."""
     busy = [mt.busy[bounds[s], bounds[s + 1]] for s, mt in enumerate(mats)]
     extra = sum(mt.extra[bounds[s + 1]] for s, mt in enumerate(mats))
     return float(sum(busy) + extra + (m - 1) * max(busy))
+
+
+def _pipeline_part(mats: Sequence[StageMatrices], bounds: Sequence[int], m: int) -> float:
+    """Pipeline time of a split, with the period of ``cost.pipeline.pipeline_period`` (the
+    threshold scan orders splits by ``max u``; a binding in-flight limit only adds to it, so
+    every bound the scan proves still holds)."""
+    busy = [float(mt.busy[bounds[s], bounds[s + 1]]) for s, mt in enumerate(mats)]
+    extra = sum(mt.extra[bounds[s + 1]] for s, mt in enumerate(mats))
+    period = pipeline_period(busy, micro_batches=m,
+                             p2p=[float(mt.hop[bounds[s + 1]]) for s, mt in enumerate(mats)],
+                             in_flight=[mt.in_flight for mt in mats])
+    return float(sum(busy) + extra + (m - 1) * period)
 
 
 def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
@@ -187,28 +239,12 @@ def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
     if m == 1:  # no max term: the unconstrained shortest path is optimal for the pipeline
         return _finish(full_mats, [b_inf], m, pipe_lb=s_inf, tail_lb=tail_lb, tried=1,
                        scan_complete=True)
-    # Smallest feasible threshold (binary search over the finite values, starting at a
-    # proven lower bound on the slowest stage when the caller has one).
-    lo = int(np.searchsorted(values, min_threshold * (1 - 1e-9)))
+    # Smallest feasible threshold: the bottleneck path's, or the caller's proven bound on
+    # the slowest stage if that is higher.
+    least = _least_threshold(mats)
     hi = values.size - 1
-    lo = min(lo, hi)
-    # The proven bound is usually within a few values of the answer: gallop up from it
-    # before bisecting.
-    step = 1
-    while lo < hi:
-        probe = min(lo + step - 1, hi)
-        if np.isfinite(_dp(mats, float(values[probe]))[0]):
-            hi = probe
-            break
-        lo = probe + 1
-        step *= 2
-    while lo < hi:
-        mid = (lo + hi) // 2
-        val, _ = _dp(mats, float(values[mid]))
-        if np.isfinite(val):
-            hi = mid
-        else:
-            lo = mid + 1
+    lo = min(int(np.searchsorted(values, min_threshold * (1 - 1e-9))), hi)
+    lo = max(lo, min(int(np.searchsorted(values, least)), hi))
     relaxed = s_inf + (m - 1) * float(values[lo])
     if relaxed + tail_lb >= upper_bound:
         return None
@@ -217,6 +253,7 @@ def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
     best_pipe = _INF
     tried = 0
     complete = True
+    chunk: dict[int, list[int] | None] = {}
     for k in range(lo, values.size):
         thr = float(values[k])
         floor = s_inf + (m - 1) * thr
@@ -231,12 +268,15 @@ def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
             complete = False
             best_pipe = min(best_pipe, floor)
             break
-        _, bounds = _dp(mats, thr)
+        if k not in chunk:  # the next thresholds in one pass (some may go unused)
+            ahead = np.arange(k, min(k + _CHUNK, values.size, k + max_thresholds - tried))
+            chunk = dict(zip(ahead.tolist(), _dp_batch(mats, values[ahead])[1], strict=True))
+        bounds = chunk[k]
         tried += 1
         if bounds is None:
             continue
         splits.append(bounds)
-        best_pipe = min(best_pipe, _pipeline_part(mats, bounds, m))
+        best_pipe = min(best_pipe, _pipeline_floor(mats, bounds, m))
         best_full = min(best_full, _evaluate(full_mats, bounds, m)[0])
     if not splits:
         return None

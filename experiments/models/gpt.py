@@ -48,20 +48,25 @@ _BATCH_VOCAB = 256
 
 
 class Attention(nn.Module):
-    """Causal multi-head self-attention with a fused QKV projection."""
+    """Causal multi-head self-attention with a fused QKV projection.
+
+    The fused projection's outputs are laid out head by head (q, k, v of head 0, then of
+    head 1, ...), as in Megatron-LM, and the head count is read from the tensor's shape: split
+    by output features over tensor-parallel ranks, each rank holds whole heads and the same
+    code runs on its share of them."""
 
     def __init__(self, hidden: int, heads: int) -> None:
         super().__init__()
-        self.heads = heads
+        self.head_dim = hidden // heads
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, s, h = x.shape
-        q, k, v = self.qkv(x).split(h, dim=-1)
-        q, k, v = (t.view(b, s, self.heads, h // self.heads).transpose(1, 2) for t in (q, k, v))
+        b, s, _ = x.shape
+        q, k, v = self.qkv(x).view(b, s, -1, 3, self.head_dim).unbind(3)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(b, s, h))
+        return self.proj(y.transpose(1, 2).reshape(b, s, -1))
 
 
 class MLP(nn.Module):

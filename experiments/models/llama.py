@@ -1,7 +1,8 @@
 """Llama-style decoder-only transformer (Touvron et al. 2023, "Llama 2", arXiv 2307.09288).
 
 RMSNorm before attention and MLP, rotary position embeddings (computed once per forward by a
-parameter-free ``rotary`` module and passed to every block as keyword inputs), grouped-query
+parameter-free ``rotary`` module and passed to every block as keyword inputs; each pipeline
+stage recomputes them, see docs/runtime.md), grouped-query
 attention (``kv_heads`` key/value heads shared by ``heads // kv_heads`` query heads) through
 ``F.scaled_dot_product_attention(is_causal=True)``, a SwiGLU MLP, no biases, and an untied
 output head.
@@ -73,11 +74,13 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class Attention(nn.Module):
-    """Grouped-query attention with rotary embeddings."""
+    """Grouped-query attention with rotary embeddings.
+
+    Head counts are read from the tensors' shapes, so the same code runs on a
+    tensor-parallel rank's share of the heads (its slice of wq, wk and wv)."""
 
     def __init__(self, hidden: int, heads: int, kv_heads: int) -> None:
         super().__init__()
-        self.heads, self.kv_heads = heads, kv_heads
         self.head_dim = hidden // heads
         self.wq = nn.Linear(hidden, hidden, bias=False)
         self.wk = nn.Linear(hidden, kv_heads * self.head_dim, bias=False)
@@ -85,17 +88,17 @@ class Attention(nn.Module):
         self.wo = nn.Linear(hidden, hidden, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        b, s, h = x.shape
-        q = self.wq(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        b, s, _ = x.shape
+        q = self.wq(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        if self.kv_heads != self.heads:
-            repeat = self.heads // self.kv_heads
+        if k.shape[1] != q.shape[1]:
+            repeat = q.shape[1] // k.shape[1]
             k = k.repeat_interleave(repeat, dim=1)
             v = v.repeat_interleave(repeat, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.wo(y.transpose(1, 2).reshape(b, s, h))
+        return self.wo(y.transpose(1, 2).reshape(b, s, -1))
 
 
 class FeedForward(nn.Module):

@@ -3,7 +3,7 @@
 # concurrent CUDA MPS clients (75% and 25% of the SMs; shared/reference/gpu-emulation.md recipe).
 # Results go to $OUT/r and come back as one archive ($OUT/results.tgz) plus the log.
 set -u
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 R=$OUT/r; mkdir -p $R
 A="python3 -m autosplit"
 GPT="experiments/models/gpt.py -a size=1.3b --seq-len 2048 --micro-batch 1,2,4"

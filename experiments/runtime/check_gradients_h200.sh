@@ -10,7 +10,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/autosplit-out}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 AUTOSPLIT_CACHE_DIR=/tmp/autosplit-cache
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 AUTOSPLIT_CACHE_DIR=/tmp/autosplit-cache
 P="experiments/runtime/mps_gemm_probe.py"
 python3 $P no_mps 2048,4096 >> "$OUT/probe.jsonl"
 python3 -m autosplit run experiments/runtime/plan_searched_70_20.json experiments/models/gpt.py \

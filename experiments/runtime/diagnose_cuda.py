@@ -35,8 +35,8 @@ nan = float("nan")
 def main() -> int:
     device = torch.device("cuda", 0)
     source = load_model_source("experiments/models/gpt.py", {"size": "1.3b", "layers": "2"})
-    stage = build_stage(source, start=0, end=4, num_units=4, seq_len=2048, recompute=False,
-                        seed=0, device=device)
+    stage = build_stage(source, start=0, end=4, num_units=4, seq_len=2048, rows=2,
+                        recompute=False, seed=0, device=device)
     master = os.environ.get("PRECISION", "autocast") == "master"
     if master:
         make_master_optimizer(list(stage.parameters()), dtype=torch.bfloat16)

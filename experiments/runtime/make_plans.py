@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SEARCH = ["search", "experiments/models/gpt.py", "--model-arg", "size=1.3b",
           "--cluster", "experiments/clusters/h200_mps_3to1.yaml", "--global-batch", "16",
-          "--seq-len", "2048", "--tp", "1", "--no-idle", "--quiet",
+          "--seq-len", "2048", "--tp", "1", "--no-idle", "--schedule", "1f1b", "--quiet",
           "--output", "experiments/runtime/plan_searched.json"]
 
 

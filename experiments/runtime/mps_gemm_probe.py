@@ -13,14 +13,20 @@ setting):
     CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=20 python3 experiments/runtime/mps_gemm_probe.py default
 
 A second argument lists the token counts per micro-batch to probe (default 2048, i.e. one
-sample of 2048 tokens; ``2048,4096`` adds the shapes of two-sample micro-batches).
+sample of 2048 tokens; ``2048,4096`` adds the shapes of two-sample micro-batches). The shapes
+are GPT-2.7B's unless ``--model FILE [-a KEY=VALUE ...]`` names a model file: then they are
+those of every ``nn.Linear`` of that model (built on the meta device), as the runtime's own
+GEMM self-check takes them (``autosplit.runtime.gemm_check.stage_gemm_shapes``):
+
+    CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=33 python3 experiments/runtime/mps_gemm_probe.py \
+        llama 2048 --model experiments/models/llama.py -a size=7b -a layers=2
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 import time
 
 import torch
@@ -43,7 +49,17 @@ def _check(out: torch.Tensor, ref: torch.Tensor) -> tuple[bool, bool]:
     return nonfinite, err > 0.05 * float(ref.abs().max())
 
 
-def main(label: str, tokens: str = "2048", repeats: int = 6) -> None:
+def _model_shapes(path: str, model_args: list[str], tokens: int) -> list[tuple[int, int, int]]:
+    from autosplit.cli._common import parse_model_args
+    from autosplit.model.loader import build_on_meta, load_model_source
+    from autosplit.runtime.gemm_check import stage_gemm_shapes
+
+    model = build_on_meta(load_model_source(path, parse_model_args(model_args)))
+    return stage_gemm_shapes(model, tokens=tokens)
+
+
+def main(label: str, tokens: str = "2048", repeats: int = 6, *, model: str = "",
+         model_args: list[str] | None = None) -> None:
     torch.manual_seed(0)
     device = torch.device("cuda")
     result = {"label": label, "tokens": tokens,
@@ -51,7 +67,10 @@ def main(label: str, tokens: str = "2048", repeats: int = 6) -> None:
               "sm_count": torch.cuda.get_device_properties(device).multi_processor_count,
               "calls": 0, "nonfinite": 0, "wrong": 0, "errors": 0, "first_bad": None}
     start = time.perf_counter()
-    for m, k, n in [s for t in tokens.split(",") for s in _shapes(int(t))]:
+    shapes = [s for t in tokens.split(",") for s in (
+        _model_shapes(model, model_args or [], int(t)) if model else _shapes(int(t)))]
+    result["model"] = model or "gpt-2.7b"
+    for m, k, n in shapes:
         a = torch.randn(m, k, device=device, dtype=torch.bfloat16)
         b = torch.randn(k, n, device=device, dtype=torch.bfloat16) / k ** 0.5
         bias = torch.randn(n, device=device, dtype=torch.bfloat16)
@@ -87,4 +106,10 @@ def main(label: str, tokens: str = "2048", repeats: int = 6) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("label")
+    parser.add_argument("tokens", nargs="?", default="2048")
+    parser.add_argument("--model", default="")
+    parser.add_argument("-a", "--model-arg", action="append", default=[])
+    ns = parser.parse_args()
+    main(ns.label, ns.tokens, model=ns.model, model_args=ns.model_arg)

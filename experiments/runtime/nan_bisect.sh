@@ -8,7 +8,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/autosplit-out}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PLAN=experiments/runtime/plan_searched.json
 common=(experiments/models/gpt.py --device cuda --backend gloo --cuda-devices 0,0
         --steps 3 --warmup 1 --timeout 120)

@@ -9,7 +9,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/autosplit-out}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 AUTOSPLIT_CACHE_DIR=/tmp/autosplit-cache
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 AUTOSPLIT_CACHE_DIR=/tmp/autosplit-cache
 A="python3 -m autosplit"
 MODEL="experiments/models/gpt.py -a size=2.7b --seq-len 2048"
 export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
@@ -31,7 +31,7 @@ client 75 25 & P75=$!
 client 25 75 & P25=$!
 wait $P75 $P25
 echo "profiles: $(( $(date +%s) - T0 )) s" | tee -a "$OUT/run.log"
-$A search $MODEL -c experiments/clusters/h200_mps_3to1.yaml -b 16 --tp 1 --no-idle -q \
+$A search $MODEL -c experiments/clusters/h200_mps_3to1.yaml -b 16 --tp 1 --no-idle --schedule 1f1b -q \
   -o "$OUT/plan_searched_2p7b.json" >> "$OUT/run.log" 2>&1
 python3 experiments/runtime/uniform_of.py "$OUT/plan_searched_2p7b.json" "$OUT/plan_uniform_2p7b.json" \
   >> "$OUT/run.log" 2>&1

@@ -18,7 +18,7 @@ SLOW=${SLOW:-20}
 TAG=${FAST}_${SLOW}
 R=$OUT/r
 mkdir -p "$R"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 AUTOSPLIT_CACHE_DIR=/tmp/autosplit-cache
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 AUTOSPLIT_CACHE_DIR=/tmp/autosplit-cache
 A="python3 -m autosplit"
 MODEL="experiments/models/gpt.py -a size=2.7b --seq-len 2048"
 LOG=$R/run.log
@@ -67,7 +67,7 @@ wait $P1 $P2
 stamp "profiles done"
 
 # ---- 3. plans --------------------------------------------------------------------------------
-$A search $MODEL -c experiments/clusters/h200_mps_$TAG.yaml -b 16 --tp 1 --no-idle -q \
+$A search $MODEL -c experiments/clusters/h200_mps_$TAG.yaml -b 16 --tp 1 --no-idle --schedule 1f1b -q \
   -o "$R/plan_searched_$TAG.json" >> "$LOG" 2>&1
 python3 experiments/runtime/uniform_of.py "$R/plan_searched_$TAG.json" \
   "$R/plan_uniform_$TAG.json" >> "$LOG" 2>&1

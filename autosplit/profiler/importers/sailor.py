@@ -1,18 +1,24 @@
-"""Read Sailor's per-GPU layer profiles (``profile.json`` + ``llm_info.json``).
+"""Read Sailor's per-GPU layer profiles (``profile.json``) and its ``llm_info.json``.
 
-Sailor (Strati et al., SOSP 2025; github.com/eth-easl/sailor) profiles one GPU type per file:
+Sailor (Strati et al., SOSP 2025; github.com/eth-easl/sailor) profiles one GPU type per file,
+``sailor/Planner/sailor_planner/profiles/<model>/<gpu>/profile.json``:
 
-    profile.json:  {micro_batch: {tp: {layer_index: [forward_s, backward_s, update_s]}}}
+    {micro_batch: {tp: {layer_index: [forward_s, backward_s, update_s]}}}
 
-with layer 0 the embedding and the last layer the head, all in seconds. Its companion
-``llm_info.json`` gives per-layer parameter and activation sizes in floats (element counts) per
-TP degree. The files sit in ``<model>/<gpu>/``, so the GPU type (our chip) and the model name
-default to the two folder names.
+with layer 0 the embedding and the last layer the head, all in seconds. Per-layer memory sizes
+are one file for all models, ``sailor/Planner/llm_info.json``:
+
+    {model: {tp: {layer_index: {"act_mem_floats": ..., "params_floats": ..., ...}}}}
+
+(``act_mem_floats`` is the activation memory a layer keeps for its backward, in elements per
+sample, as Sailor's own memory estimate uses it). The importer looks for it in the folders
+above the profile, up to Sailor's ``Planner/`` folder, or takes ``--llm-info``.
 
 Mapping: forward → ``fwd_s``, backward → ``bwd_s``; index 0 → ``pre``, last → ``post``, the
 rest → blocks (one row per distinct kind: the median over the blocks of a kind, because
-Sailor's first block often differs by a few percent from the rest). Activation floats × the
-dtype's bytes × the micro-batch → ``activation_bytes``.
+Sailor's first block often differs by a few percent from the rest); ``act_mem_floats`` × the
+dtype's bytes × the micro-batch → ``activation_bytes``; the GPU folder name (``A100-40``) →
+a library chip (``A100``), see ``ChipNames``.
 
 What the format lacks: recomputation (``recompute_bwd_s`` is left empty; the provider then
 charges one forward), the peak during backward, the sequence length (give ``--seq-len``), the
@@ -25,25 +31,50 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from autosplit.config import DTYPE_BYTES
 from autosplit.errors import BadInputError
-from autosplit.profiler.importers import UnitKinds
+from autosplit.inputs.validation import validate
+from autosplit.profiler.importers.common import ChipNames, read_json
+from autosplit.profiler.importers.kinds import UnitKinds
+from autosplit.profiler.importers.progress import ImportProgress, ImportSink
 from autosplit.profiler.store import ProfileRow
 
-__all__ = ["read_sailor", "read_llm_info"]
+__all__ = ["SailorImport", "read_sailor", "find_llm_info", "LLM_INFO"]
+
+LLM_INFO = "llm_info.json"
+_PROFILE = "profile.json"
+_FORMAT = "Sailor's profile.json is {micro_batch: {tp: {layer: [fwd_s, bwd_s, update_s]}}}"
+_DOC = "docs/profiles.md"
+#: Folders above ``<gpu>/`` where Sailor keeps llm_info.json: <model>, profiles,
+#: sailor_planner, Planner.
+_LLM_INFO_DEPTH = 4
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise BadInputError(f"cannot read ({exc.strerror})", file=str(path)) from exc
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"not valid JSON: {exc.msg} at line {exc.lineno}",
-                            file=str(path), fix="pass Sailor's profile.json") from exc
+class _LayerMemory(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    act_mem_floats: Annotated[float, Field(ge=0)]
+
+
+#: One model's entry of llm_info.json: {tp: {layer: {act_mem_floats: ...}}}.
+_ModelMemory = dict[str, dict[str, _LayerMemory]]
+
+
+@dataclass(frozen=True)
+class SailorImport:
+    """What one import read: the model name, the rows, and what the user should know."""
+
+    model: str
+    rows: list[ProfileRow]
+    notes: list[str]
+    #: profile.json files read
+    files: int = 0
 
 
 def _int_key(key: str, *, file: str, field: str) -> int:
@@ -51,114 +82,100 @@ def _int_key(key: str, *, file: str, field: str) -> int:
         value = int(key)
     except (TypeError, ValueError):
         raise BadInputError(f"key '{key}' is not an integer", file=file, field=field,
-                            fix="Sailor's profile.json is {micro_batch: {tp: {layer: "
-                                "[fwd, bwd, update]}}}") from None
+                            fix=_FORMAT) from None
     if value < 0:
-        raise BadInputError(f"key '{key}' is negative", file=file, field=field)
+        raise BadInputError(f"key '{key}' is negative", file=file, field=field, fix=_FORMAT)
     return value
 
 
-def read_llm_info(path: Path) -> dict[int, dict[str, list[float]]]:
-    """``{tp: {"params": [...], "activations": [...]}}`` from an ``llm_info.json``.
+def _profiles(path: Path) -> list[Path]:
+    """The profile.json files of ``path``: itself, ``<gpu>/profile.json``, or one per GPU
+    folder of a ``<model>/`` folder."""
+    if not path.is_dir():
+        return [path]  # a file, or a FIFO or device the reader refuses
+    if _present(path / _PROFILE):
+        return [path / _PROFILE]
+    found = sorted(p / _PROFILE for p in path.iterdir() if p.is_dir() and _present(p / _PROFILE))
+    if not found:
+        raise BadInputError("no profile.json here", file=str(path),
+                            fix="pass Sailor's <model>/<gpu>/ folder, a <model>/ folder, or a "
+                                "profile.json")
+    return found
 
-    Accepted shape: a mapping from TP degree to a mapping whose per-layer lists (or
-    ``{layer: value}`` mappings) are recognised by key: a key containing ``param`` gives
-    parameter floats, one containing ``act`` activation floats. Other keys are ignored.
-    """
-    data = _load_json(path)
-    if not isinstance(data, dict):
-        raise BadInputError("expected a mapping of TP degree to per-layer sizes",
-                            file=str(path))
-    out: dict[int, dict[str, list[float]]] = {}
-    for tp_key, entry in data.items():
-        try:
-            tp = int(tp_key)
-        except (TypeError, ValueError):
-            continue  # metadata such as the model name
-        if not isinstance(entry, dict):
+
+def _present(path: Path) -> bool:
+    """Exists, as a file or not (a profile.json that is a FIFO is refused when read, not
+    skipped)."""
+    return path.exists() or path.is_symlink()
+
+
+def find_llm_info(profile: Path) -> Path | None:
+    """Sailor's llm_info.json for ``profile``: next to it or in a folder above, up to
+    Sailor's ``Planner/`` folder."""
+    folder = profile.resolve().parent
+    for candidate in [folder, *folder.parents[:_LLM_INFO_DEPTH]]:
+        if (candidate / LLM_INFO).is_file():
+            return candidate / LLM_INFO
+    return None
+
+
+def _activations(info_file: Path | None, *, model: str, layers: int,
+                 notes: list[str]) -> dict[int, list[float]]:
+    """Activation floats per layer, per TP degree, for ``model`` ({} when unknown)."""
+    if info_file is None:
+        notes.append(f"no {LLM_INFO} found next to the profile or above it: activation memory "
+                     "is left empty (the cost model's estimate is used); pass --llm-info FILE")
+        return {}
+    data = read_json(info_file, what="Sailor llm_info.json",
+                     fix="pass Sailor's sailor/Planner/llm_info.json")
+    if not isinstance(data, dict) or model not in data:
+        known = ", ".join(sorted(map(str, data))) if isinstance(data, dict) else "none"
+        notes.append(f"{info_file} has no entry for model '{model}' (it has: {known}): "
+                     "activation memory is left empty; pass --model-name to pick the entry")
+        return {}
+    entry = validate(_ModelMemory, json.dumps(data[model]), file=str(info_file), doc=_DOC,
+                     field_prefix=model, from_json=True)
+    out: dict[int, list[float]] = {}
+    for tp_key, per_layer in entry.items():
+        tp = _int_key(tp_key, file=str(info_file), field=f"{model}.{tp_key}")
+        indexed = sorted((_int_key(k, file=str(info_file), field=f"{model}.{tp_key}"), v)
+                         for k, v in per_layer.items())
+        if [i for i, _ in indexed] != list(range(layers)):
+            notes.append(f"{info_file}: {model} at TP {tp} lists {len(indexed)} layers, the "
+                         f"profile {layers}: its activation memory is not used")
             continue
-        found: dict[str, list[float]] = {}
-        for key, values in entry.items():
-            target = ("params" if "param" in key.lower()
-                      else "activations" if "act" in key.lower() else None)
-            if target is None or target in found:
-                continue
-            if isinstance(values, dict):
-                values = [values[k] for k in sorted(values, key=lambda k: int(k))]
-            if not isinstance(values, list):
-                raise BadInputError("expected a per-layer list", file=str(path),
-                                    field=f"{tp_key}.{key}")
-            try:
-                found[target] = [float(v) for v in values]
-            except (TypeError, ValueError):
-                raise BadInputError("per-layer values must be numbers", file=str(path),
-                                    field=f"{tp_key}.{key}") from None
-        out[tp] = found
+        out[tp] = [v.act_mem_floats for _, v in indexed]
+    if out:
+        notes.append(f"activation memory from {info_file} (model '{model}', TP "
+                     f"{', '.join(map(str, sorted(out)))})")
     return out
 
 
-def _find(path: Path) -> tuple[Path, Path | None]:
-    profile = path / "profile.json" if path.is_dir() else path
-    if not profile.is_file():
-        raise BadInputError("no profile.json here", file=str(path),
-                            fix="pass Sailor's <model>/<gpu>/ folder or its profile.json")
-    info = None
-    for candidate in (profile.parent / "llm_info.json", profile.parent.parent / "llm_info.json"):
-        if candidate.is_file():
-            info = candidate
-            break
-    return profile, info
-
-
-def read_sailor(path: Path, *, chip: str | None, model_name: str | None,
-                seq_len: int | None, dtype: str, units: UnitKinds | None,
-                command: str) -> tuple[str, list[ProfileRow]]:
-    """Rows for every (micro-batch, TP, layer kind) in a Sailor profile."""
-    profile_file, info_file = _find(path)
-    file = str(profile_file)
-    data = _load_json(profile_file)
-    if not isinstance(data, dict) or not data:
-        raise BadInputError("expected {micro_batch: {tp: {layer: [fwd, bwd, update]}}}",
-                            file=file)
-    chip = chip or profile_file.parent.name
-    model = model_name or profile_file.parent.parent.name or "model"
-    if not seq_len:
-        raise BadInputError("Sailor profiles do not record the sequence length", file=file,
-                            field="--seq-len", fix="give --seq-len N (the length profiled)")
-    info = read_llm_info(info_file) if info_file is not None else {}
-    rows: list[ProfileRow] = []
-    for mb_key, per_tp in sorted(data.items(), key=lambda kv: str(kv[0])):
-        mb = _int_key(mb_key, file=file, field="micro_batch")
-        if mb < 1 or not isinstance(per_tp, dict):
-            raise BadInputError(f"micro-batch {mb_key}: expected a positive size mapping to "
-                                "{tp: {...}}", file=file, field=str(mb_key))
-        for tp_key, layers in per_tp.items():
-            tp = _int_key(tp_key, file=file, field=f"{mb_key}.tp")
-            if tp < 1 or not isinstance(layers, dict) or not layers:
-                raise BadInputError("expected {layer: [fwd, bwd, update]}", file=file,
-                                    field=f"{mb_key}.{tp_key}")
-            indexed = sorted((_int_key(k, file=file, field=f"{mb_key}.{tp_key}"), v)
-                             for k, v in layers.items())
-            if [i for i, _ in indexed] != list(range(len(indexed))):
-                raise BadInputError("layer indices must run 0, 1, … without gaps", file=file,
-                                    field=f"{mb_key}.{tp_key}")
-            times = []
-            for index, value in indexed:
-                if (not isinstance(value, list) or len(value) < 2
-                        or not all(isinstance(v, (int, float)) for v in value[:2])):
-                    raise BadInputError("expected [forward_s, backward_s, update_s]",
-                                        file=file, field=f"{mb_key}.{tp_key}.{index}")
-                times.append((float(value[0]), float(value[1])))
-            kinds = units or UnitKinds.generic(model, len(times))
-            kinds.check(len(times), file=file)
-            acts = info.get(tp, {}).get("activations")
-            rows.extend(_rows_for(times, acts, kinds, chip=chip, mb=mb, tp=tp, dtype=dtype,
-                                  seq_len=seq_len, command=command, file=file))
-    return model, rows
+def _times(layers: Any, *, file: str, where: str) -> list[tuple[float, float]]:
+    if not isinstance(layers, dict) or not layers:
+        raise BadInputError("expected {layer: [fwd, bwd, update]}", file=file, field=where,
+                            fix=_FORMAT)
+    indexed = sorted((_int_key(k, file=file, field=where), v) for k, v in layers.items())
+    if [i for i, _ in indexed] != list(range(len(indexed))):
+        raise BadInputError("layer indices must run 0, 1, … without gaps", file=file,
+                            field=where, fix=_FORMAT)
+    times = []
+    for index, value in indexed:
+        pair = value[:2] if isinstance(value, list) else []
+        if (len(pair) < 2 or any(isinstance(v, bool) or not isinstance(v, int | float)
+                                 or not math.isfinite(v) or v < 0 for v in pair)):
+            raise BadInputError("expected [forward_s, backward_s, update_s] (finite seconds "
+                                "≥ 0)", file=file, field=f"{where}.{index}", fix=_FORMAT)
+        if pair[0] <= 0:
+            raise BadInputError(f"forward time of layer {index} is not positive", file=file,
+                                field=f"{where}.{index}", fix="pass the profile as Sailor "
+                                                                "measured it")
+        times.append((float(pair[0]), float(pair[1])))
+    return times
 
 
 def _rows_for(times: list[tuple[float, float]], acts: list[float] | None, kinds: UnitKinds, *,
-              chip: str, mb: int, tp: int, dtype: str, seq_len: int, command: str,
+              chip: str, gpu: str, mb: int, tp: int, dtype: str, seq_len: int, command: str,
               file: str) -> list[ProfileRow]:
     grouped: dict[str, list[int]] = {}
     for index, kind in enumerate(kinds.kinds):
@@ -168,16 +185,77 @@ def _rows_for(times: list[tuple[float, float]], acts: list[float] | None, kinds:
         fwd = statistics.median(times[i][0] for i in indices)
         # Sailor writes 1e-6 s for the embedding's backward: keep it positive, as measured.
         bwd = max(statistics.median(times[i][1] for i in indices), 1e-9)
-        if fwd <= 0:
-            raise BadInputError(f"forward time of layer {indices[0]} is not positive",
-                                file=file, field=f"{mb}.{tp}.{indices[0]}")
         act = math.nan
-        if acts is not None and len(acts) == len(kinds.names):
+        if acts is not None:
             act = statistics.median(acts[i] for i in indices) * DTYPE_BYTES[dtype] * mb
         rows.append(ProfileRow(
             chip=chip, model_fingerprint="", layer_kind=kind, unit=kinds.names[indices[0]],
             seq_len=seq_len, micro_batch=mb, tp=tp, dtype=dtype, fwd_s=fwd, bwd_s=bwd,
             recompute_bwd_s=math.nan, activation_bytes=act, peak_bwd_bytes=math.nan,
-            repeats=0, spread=math.nan, method="imported-sailor", device=chip,
-            command=command or f"Sailor profile {file}", date=""))
+            repeats=0, spread=math.nan, method="imported-sailor", device=gpu,
+            command=command or f"Sailor profile {file}", date="",
+            structure=kinds.structure(indices[0])))
     return rows
+
+
+def _read_one(profile: Path, *, chip: str, model: str, seq_len: int, dtype: str,
+              units: UnitKinds | None, command: str, info_file: Path | None,
+              notes: list[str]) -> list[ProfileRow]:
+    file = str(profile)
+    data = read_json(profile, what="Sailor profile", fix="pass Sailor's profile.json")
+    if not isinstance(data, dict) or not data:
+        raise BadInputError("expected {micro_batch: {tp: {layer: [fwd, bwd, update]}}}",
+                            file=file, fix=_FORMAT)
+    rows: list[ProfileRow] = []
+    acts: dict[int, list[float]] | None = None
+    for mb_key, per_tp in sorted(data.items(), key=lambda kv: str(kv[0])):
+        mb = _int_key(mb_key, file=file, field="micro_batch")
+        if mb < 1 or not isinstance(per_tp, dict):
+            raise BadInputError(f"micro-batch {mb_key}: expected a positive size mapping to "
+                                "{tp: {...}}", file=file, field=str(mb_key), fix=_FORMAT)
+        for tp_key, layers in per_tp.items():
+            tp = _int_key(tp_key, file=file, field=f"{mb_key}.tp")
+            if tp < 1:
+                raise BadInputError("TP degree must be at least 1", file=file,
+                                    field=f"{mb_key}.{tp_key}", fix=_FORMAT)
+            times = _times(layers, file=file, where=f"{mb_key}.{tp_key}")
+            kinds = units or UnitKinds.generic(model, len(times))
+            kinds.check(len(times), file=file)
+            if acts is None:
+                acts = _activations(info_file, model=model, layers=len(times), notes=notes)
+            rows.extend(_rows_for(times, acts.get(tp), kinds, chip=chip, gpu=profile.parent.name,
+                                  mb=mb, tp=tp, dtype=dtype, seq_len=seq_len, command=command,
+                                  file=file))
+    return rows
+
+
+def read_sailor(path: Path, *, names: ChipNames, chip: str | None, model_name: str | None,
+                seq_len: int | None, dtype: str, units: UnitKinds | None, command: str,
+                llm_info: Path | None = None, progress: ImportSink | None = None
+                ) -> SailorImport:
+    """Rows for every (GPU, micro-batch, TP, layer kind) of a Sailor profile folder or file
+    (``progress`` hears of each profile.json read)."""
+    profiles = _profiles(path)
+    if not seq_len:
+        raise BadInputError("Sailor profiles do not record the sequence length",
+                            file=str(profiles[0]), field="--seq-len",
+                            fix="give --seq-len N (the length profiled)")
+    gpus = [p.parent.name for p in profiles]
+    if chip and len(profiles) > 1:
+        raise BadInputError(f"--chip names one chip, but {path} holds profiles of "
+                            f"{len(profiles)} GPUs ({', '.join(gpus)})", field="--chip",
+                            fix="import one <gpu>/ folder at a time with --chip, or drop "
+                                "--chip to map each GPU name to its chip")
+    model = model_name or profiles[0].parent.parent.name or "model"
+    notes: list[str] = []
+    rows: list[ProfileRow] = []
+    for done, (profile, gpu) in enumerate(zip(profiles, gpus, strict=True), start=1):
+        target = (names.chip_option(chip) if chip else
+                  names.chip_for(gpu, tool="Sailor", file=str(profile)))
+        info = llm_info if llm_info is not None else find_llm_info(profile)
+        rows.extend(_read_one(profile, chip=target, model=model, seq_len=seq_len, dtype=dtype,
+                              units=units, command=command, info_file=info, notes=notes))
+        if progress is not None:
+            progress(ImportProgress(files_read=done, files_total=len(profiles),
+                                    rows_read=len(rows)))
+    return SailorImport(model=model, rows=rows, notes=notes, files=len(profiles))

@@ -1,0 +1,125 @@
+"""The last step of level 3: which concrete devices each stage gets.
+
+The search decides only how many devices of each pool a stage takes (pools are
+interchangeable). This module turns counts into devices, in one of two ways — the caller
+prices both and keeps the better (``assemble``):
+
+- ``tape``: each pool's devices in node order, taken by its stages in pipeline order, so a
+  stage boundary inside a pool falls inside a node wherever it can (the intra-node link) and
+  at most one stage per node boundary spans two nodes;
+- ``compact``: the largest tensor-parallel groups first, and a stage that fits in one node
+  on one node (its all-reduce stays inside), first fit.
+
+Tensor-parallel groups never cross a node (``tp`` divides the node's device count).
+Deterministic: node order, then pipeline order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from autosplit.plan.schema import Replica
+from autosplit.search.groups import Pool
+from autosplit.search.options import StageOption
+
+__all__ = ["PlacementError", "place", "lane_shares", "STRATEGIES"]
+
+#: Placement strategies, in the order they are tried.
+STRATEGIES: tuple[str, ...] = ("tape", "compact")
+
+
+class PlacementError(ValueError):
+    """The counts fit the pools' capacities but not their nodes (fragmentation)."""
+
+
+@dataclass
+class _Node:
+    name: str
+    size: int
+    free: list[int]
+
+
+def lane_shares(option: StageOption, micro_batch_samples: int) -> list[list[int]]:
+    """Per-replica shares of a micro-batch, lane by lane: each lane at most its share, the
+    total exactly the micro-batch, at least one sample per replica. Shares are trimmed from
+    the last lane first (the slower chip of a mixed stage), evenly within a lane."""
+    shares = [[lane.share] * lane.replicas for lane in option.lanes]
+    excess = sum(sum(s) for s in shares) - micro_batch_samples
+    for lane in reversed(shares):
+        while excess > 0 and max(lane) > 1:
+            k = max(range(len(lane)), key=lambda r: (lane[r], r))
+            lane[k] -= 1
+            excess -= 1
+    if excess != 0:
+        raise PlacementError(f"shares of {option} cannot sum to {micro_batch_samples}")
+    return shares
+
+
+def _take(nodes: list[_Node], tp: int, count: int, *,
+          small: bool) -> list[tuple[str, tuple[int, ...]]]:
+    """``count`` TP groups of ``tp`` devices, each inside one node. A small stage goes to the
+    first node that holds all of it; a large one takes whole free nodes first."""
+    out: list[tuple[str, tuple[int, ...]]] = []
+    if small:
+        for node in nodes:
+            if len(node.free) >= tp * count:
+                return [(node.name, _grab(node, tp)) for _ in range(count)]
+    order = sorted(range(len(nodes)), key=lambda k: (len(nodes[k].free) < nodes[k].size, k))
+    for k in order:
+        node = nodes[k]
+        while len(out) < count and len(node.free) >= tp:
+            out.append((node.name, _grab(node, tp)))
+        if len(out) == count:
+            return out
+    raise PlacementError("not enough free devices in whole TP groups")
+
+
+def _grab(node: _Node, tp: int) -> tuple[int, ...]:
+    got = tuple(node.free[:tp])
+    del node.free[:tp]
+    return got
+
+
+def _tape(nodes: list[_Node], tp: int, count: int) -> list[tuple[str, tuple[int, ...]]]:
+    """``count`` TP groups from the first nodes with room, in node order (a node with too
+    few devices left for a group keeps them for later, smaller groups)."""
+    out: list[tuple[str, tuple[int, ...]]] = []
+    for node in nodes:
+        while len(out) < count and len(node.free) >= tp:
+            out.append((node.name, _grab(node, tp)))
+        if len(out) == count:
+            return out
+    raise PlacementError("not enough free devices in whole TP groups")
+
+
+def place(options: Sequence[StageOption], pools: Sequence[Pool], micro_batch_samples: int,
+          strategy: str = "tape") -> list[tuple[Replica, ...]]:
+    """Replicas (node, devices, share, chip) of every stage, in pipeline order."""
+    free = {p.index: [_Node(n.name, n.devices, list(range(n.devices))) for n in p.nodes]
+            for p in pools}
+    picked: dict[tuple[int, int], list[tuple[str, tuple[int, ...]]]] = {}
+    lanes = [(s, k, opt.tp, lane) for s, opt in enumerate(options)
+             for k, lane in enumerate(opt.lanes)]
+    if strategy == "tape":
+        # Pipeline order; a TP degree that does not divide the ones before it could leave
+        # gaps, so degrees are taken largest first only where they differ within a pool.
+        for s, k, tp, lane in sorted(lanes, key=lambda x: (x[0], x[1])):
+            picked[(s, k)] = _tape(free[lane.pool], tp, lane.replicas)
+    else:
+        # Largest TP groups first (no gaps), then larger stages, then pipeline order.
+        for s, k, tp, lane in sorted(lanes, key=lambda x: (-x[2], -x[2] * x[3].replicas,
+                                                           x[0], x[1])):
+            pool = pools[lane.pool]
+            small = tp * lane.replicas <= pool.devices_per_node
+            picked[(s, k)] = _take(free[lane.pool], tp, lane.replicas, small=small)
+    out: list[tuple[Replica, ...]] = []
+    for s, opt in enumerate(options):
+        shares = lane_shares(opt, micro_batch_samples)
+        reps: list[Replica] = []
+        for k, lane in enumerate(opt.lanes):
+            chip = pools[lane.pool].chip
+            for (node, idx), share in zip(picked[(s, k)], shares[k], strict=True):
+                reps.append(Replica(node=node, local_indices=idx, batch_share=share, chip=chip))
+        out.append(tuple(reps))
+    return out
