@@ -473,6 +473,37 @@ def test_in_flight_of_interleaved_and_zbv_per_rank(v: int, p: int, m: int) -> No
     assert [_rank_peak(zbv, p, m, r) for r in range(p)] == [2 * p] * p
 
 
+@pytest.mark.parametrize(("name", "v"), VARIANTS)
+def test_rank_activation_peaks_walk_the_order(name: str, v: int) -> None:
+    """Unit bytes count the chunk-sized micro-batches a rank holds; with one chunk per rank
+    the walk is ``in_flight · per + work``; with several it never exceeds the sum of the
+    chunks' own peaks and never falls below the largest of them."""
+    schedule = get_schedule(name, virtual_stages=v)
+    for p, m in shapes(schedule, max_ranks=4):
+        n = p * v
+        assert schedule.rank_activation_peaks([1.0] * n, [0.0] * n, m) == \
+            [_rank_peak(schedule, p, m, r) for r in range(p)]
+        per = [1.0 + 0.5 * (s % 3) for s in range(n)]
+        work = [0.1 * (s + 1) for s in range(n)]
+        peaks = schedule.rank_activation_peaks(per, work, m)
+        own = [schedule.in_flight(s, n, m) * per[s] + work[s] for s in range(n)]
+        for r in range(p):
+            mine = [own[s] for s in range(n) if schedule.rank_of(s, p) == r]
+            assert max(mine) - 1e-9 <= peaks[r] <= sum(mine) + 1e-9, (name, p, m, r)
+            if v == 1:
+                assert peaks[r] == pytest.approx(mine[0])
+
+
+def test_interleaved_rank_peak_of_unequal_chunks() -> None:
+    """Two ranks, two chunks of 6 and 5 units on rank 0, 16 micro-batches (the H200 run of
+    experiments/runtime/results/interleaved-50-30-gpt): rank 0 warms up with F(0,0) F(0,1)
+    F(2,0) F(2,1), then F(0,2) B(2,0) F(0,3) — four micro-batches of chunk 0 and one of
+    chunk 2, 29 units' worth, where the chunks' own peaks (4 and 2) add up to 34."""
+    il = get_schedule("interleaved-1f1b", virtual_stages=2)
+    assert il.rank_activation_peaks([6.0, 6.0, 5.0, 5.0], [0.0] * 4, 16)[0] == 29.0
+    assert [il.in_flight(s, 4, 16) for s in (0, 2)] == [4, 2]
+
+
 def _rank_peak(schedule: Schedule, p: int, m: int, rank: int) -> int:
     """Chunk-sized micro-batches rank ``rank`` holds at once (all its chunks together)."""
     frees = "W" if schedule.splits_backward else "B"

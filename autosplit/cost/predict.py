@@ -23,6 +23,7 @@ from autosplit.cost.stage import (
     backward_time,
     boundary_p2p,
     compute_time,
+    lane_activation_terms,
     lane_memory,
     range_busy,
     range_tail,
@@ -102,6 +103,8 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
     """
     schedule = get_schedule(training.schedule, virtual_stages=training.virtual_stages)
     preds: list[StagePrediction] = []
+    per_mb: list[float] = []
+    work: list[float] = []
     parts = _parts(stages)
     for k, st in enumerate(stages):
         c, t, i, j = st.ctx, st.ctx.tables, st.start, st.end
@@ -111,6 +114,9 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
             prev = stages[st.ctx.index - 1]
             p2p_in = _float(boundary_p2p(prev.ctx, prev.end))
         lane, static, act = lane_memory(c, i, j, st.recompute)
+        per, ws = lane_activation_terms(c, lane, i, j, st.recompute)
+        per_mb.append(per)
+        work.append(ws)
         tp, dp = c.shape.tp, c.shape.dp
         params = (t.params[j] - t.params[i]) / tp
         weights = params * training.dtype_bytes
@@ -142,8 +148,9 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
             blocking_out=StageContext.blocking(c.link_out),
         ))
     if schedule.virtual_stages > 1:
-        preds = _rank_memory(preds, [schedule.rank_of(s, schedule.num_ranks(len(preds)))
-                                     for s in range(len(preds))])
+        ranks = [schedule.rank_of(s, schedule.num_ranks(len(preds))) for s in range(len(preds))]
+        peaks = schedule.rank_activation_peaks(per_mb, work, micro_batches)
+        preds = _rank_memory(preds, ranks, peaks)
     busy_l, dp_l, opt_l = parts.busy, parts.dp, parts.opt
     sim = schedule.simulate(stage_times_from_prediction(preds), micro_batches)
     total = sim.makespan_s
@@ -165,20 +172,21 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
     )
 
 
-def _rank_memory(preds: list[StagePrediction], ranks: Sequence[int]) -> list[StagePrediction]:
+def _rank_memory(preds: list[StagePrediction], ranks: Sequence[int],
+                 activation_peaks: Sequence[float]) -> list[StagePrediction]:
     """Give each virtual stage the memory of its rank's devices, which hold every chunk of
-    the rank: the chunks' weights, gradients, optimizer states and in-flight activations add
-    up (each chunk's backward working set is counted too, an upper bound by at most
-    ``v − 1`` units' working sets)."""
+    the rank: the chunks' weights, gradients and optimizer states add up, and the
+    activations are the rank's peak along its order of passes (``activation_peaks``, one
+    per rank), when the chunks' live micro-batches are summed at each moment."""
     total: dict[int, MemoryBreakdown] = {}
     for sp, r in zip(preds, ranks, strict=True):
         mem = sp.memory
         acc = total.get(r)
         total[r] = mem if acc is None else replace(
             acc, weights=acc.weights + mem.weights, gradients=acc.gradients + mem.gradients,
-            optimizer=acc.optimizer + mem.optimizer,
-            activations=acc.activations + mem.activations)
-    return [replace(sp, memory=total[r]) for sp, r in zip(preds, ranks, strict=True)]
+            optimizer=acc.optimizer + mem.optimizer)
+    return [replace(sp, memory=replace(total[r], activations=float(activation_peaks[r])))
+            for sp, r in zip(preds, ranks, strict=True)]
 
 
 def peak_flops_of(stages: Sequence[StageAssignment], cluster: Cluster, dtype: str) -> float:

@@ -263,6 +263,17 @@ def memory_terms(t: StageTables, *, tp: int, dp: int, share: int, training: Trai
     return static, per_in_flight, work
 
 
+def lane_activation_terms(ctx: StageContext, lane: Lane, i: int, j: int,
+                          recompute: bool) -> tuple[float, float]:
+    """Bytes per micro-batch in flight and the backward working set of units ``[i, j)`` on
+    ``lane``: what a rank holding several chunks adds up along its order of passes
+    (``Schedule.rank_activation_peaks``)."""
+    _, per, work = memory_terms(lane.tables, tp=ctx.shape.tp, dp=ctx.shape.dp,
+                                share=lane.share, training=ctx.training, i=i, j=j,
+                                recompute=recompute)
+    return float(per), float(work)
+
+
 def _lane_memory(ctx: StageContext, lane: Lane, i, j, recompute):
     def act(rc: bool):
         _, per, work = memory_terms(lane.tables, tp=ctx.shape.tp, dp=ctx.shape.dp,
@@ -401,4 +412,5 @@ def make_context(*, cluster: Cluster, shape: StageShape, tables: StageTables, in
     )
 
 
-__all__ += ["make_context", "lane_groups", "lane_memory", "overlap_window"]
+__all__ += ["make_context", "lane_groups", "lane_memory", "lane_activation_terms",
+            "overlap_window"]

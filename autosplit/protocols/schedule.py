@@ -71,6 +71,12 @@ class Schedule(Protocol):
         """Micro-batches whose activations ``stage`` holds at its peak."""
         ...
 
+    def rank_activation_peaks(self, per_micro_batch: Sequence[float],
+                              working_set: Sequence[float], micro_batches: int) -> list[float]:
+        """Per rank, the peak bytes of activations its stages hold together, given each
+        stage's bytes per micro-batch in flight and its backward working set."""
+        ...
+
     def simulate(self, times: Sequence[StageTimes], micro_batches: int) -> Simulation:
         """One iteration, event by event, from per-stage pass and transfer times."""
         ...

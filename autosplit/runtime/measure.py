@@ -104,10 +104,15 @@ class MeasuredRun:
         return asdict(self)
 
 
-def _executed(plan: Plan) -> dict[str, Any]:
+def _executed(plan: Plan, *, with_source: bool = False) -> dict[str, Any]:
+    """What the runtime executes. The model's file path is left out (``with_source``: the
+    earlier form that kept it): it is stored relative to the plan file, so re-saving a plan
+    elsewhere (``evaluate -o``) changed the fingerprint of the same model and layout."""
     d = plan.to_dict()
     keep = {k: d[k] for k in ("model", "global_batch", "micro_batch_count", "schedule",
                               "zero1", "stages")}
+    if not with_source:
+        keep["model"].pop("source_file", None)
     for stage in keep["stages"]:
         stage.pop("cost_source", None)
     return keep
@@ -135,8 +140,11 @@ def plan_fingerprint(plan: Plan) -> str:
 
 def fingerprint_matches(plan: Plan, fingerprint: str) -> bool:
     """Whether measurements carrying ``fingerprint`` are of ``plan``: the current fingerprint,
-    or the earlier form that hashed unset fields too (files written before the change)."""
-    return fingerprint in (plan_fingerprint(plan), _digest(_executed(plan)))
+    or an earlier form (files written before the change) that hashed the model's file path,
+    and before that unset fields too."""
+    legacy = _executed(plan, with_source=True)
+    return fingerprint in (plan_fingerprint(plan), _digest(_drop_unset(legacy)),
+                           _digest(legacy))
 
 
 def peak_rss_bytes() -> int:

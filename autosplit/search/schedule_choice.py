@@ -170,19 +170,23 @@ def _variant(sol: Solution, name: str, v: int, *, model: ModelProfile, cluster: 
 
 
 def _clearly_over_memory(stages: Sequence[StageAssignment], schedule, ranks: int) -> bool:
-    """Whether some rank's chunks together exceed its devices' memory, as ``predict`` sums
-    them (each chunk's fullest lane, the rank's capacity that of its first chunk): checked
-    before the simulation, which costs far more, for the variants that cannot fit anyway
-    (most of them where the search's plan fills memory under 1F1B). A relative margin keeps
-    the borderline cases for ``predict``'s own check."""
-    used: dict[int, float] = {}
+    """Whether some rank cannot fit whatever its order of passes: its chunks' weights,
+    gradients and optimizer states together plus the largest chunk's own activation peak
+    (a lower bound on the rank's peak, which ``predict`` walks along the order) exceed its
+    devices' memory (each chunk's fullest lane, the rank's capacity that of its first
+    chunk). Checked before the simulation, which costs far more, for the variants that
+    cannot fit anyway (most of them where the search's plan fills memory under 1F1B). A
+    relative margin keeps the borderline cases for ``predict``'s own check."""
+    static_of: dict[int, float] = {}
+    act_of: dict[int, float] = {}
     capacity: dict[int, float] = {}
     for s, st in enumerate(stages):
         lane, static, act = lane_memory(st.ctx, st.start, st.end, st.recompute)
         r = schedule.rank_of(s, ranks)
-        used[r] = used.get(r, 0.0) + static + act
+        static_of[r] = static_of.get(r, 0.0) + static
+        act_of[r] = max(act_of.get(r, 0.0), act)
         capacity.setdefault(r, lane.capacity)
-    return any(used[r] > capacity[r] * (1 + 1e-6) for r in used)
+    return any(static_of[r] + act_of[r] > capacity[r] * (1 + 1e-6) for r in static_of)
 
 
 #: Relative difference in iteration time below which two variants count as equally fast,
