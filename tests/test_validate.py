@@ -126,3 +126,19 @@ def test_per_stage_compute_is_compared_with_the_slowest_rank(tmp_path: Path) -> 
     # Files from before the field have no per-stage compute: nothing is compared.
     assert all(s.compute_error_pct is None for s in compare(plan, load_measured(
         str(MEASURED))).stages)
+
+
+def test_fingerprint_ignores_where_the_plan_file_points_at_its_model() -> None:
+    """A plan re-saved in another folder stores its model's path relative to the new place;
+    the runtime executes the same thing, so measurements of it still validate. Files written
+    when the path was part of the hash (MEASURED) still match the plan they ran."""
+    from dataclasses import replace
+
+    from autosplit.runtime.measure import fingerprint_matches, plan_fingerprint
+
+    plan = load_plan(PLAN)
+    moved = replace(plan, model=replace(plan.model, source_file="../elsewhere/gpt.py"))
+    assert plan_fingerprint(moved) == plan_fingerprint(plan)
+    assert fingerprint_matches(plan, load_measured(str(MEASURED)).plan_fingerprint)
+    other = load_plan(RUNTIME / "plan_uniform.json")
+    assert plan_fingerprint(other) != plan_fingerprint(plan)
