@@ -88,10 +88,11 @@ class _Base:
         The chunks of one rank peak at different moments (chunk 0 fills during the warm-up
         while the last chunk has hardly started), so the rank's peak is the largest sum over
         time, not the sum of the chunks' own peaks: on two ranks with two chunks and 16
-        micro-batches the latter overstated rank 0's activations by 20 % (34 against 28
-        unit-micro-batches), which the H200 run of experiments/runtime/results/
-        interleaved-50-30-gpt measured. A stage's working set counts while it runs a pass,
-        as ``in_flight · per + work`` does for one chunk — which this equals when ``v = 1``.
+        micro-batches the latter overstated rank 0's activations by 17 % (34 against 29
+        unit-micro-batches; predicted peak +4.1 % of the measured one on the H200 run of
+        experiments/runtime/results/interleaved-50-30-gpt, −0.5 % with the walk). A stage's
+        working set counts while it runs a pass, as ``in_flight · per + work`` does for one
+        chunk — which this equals when ``v = 1``.
         """
         num_stages = len(per_micro_batch)
         num_ranks = self.num_ranks(num_stages)

@@ -268,17 +268,20 @@ def lane_activation_terms(ctx: StageContext, lane: Lane, i: int, j: int,
     """Bytes per micro-batch in flight and the backward working set of units ``[i, j)`` on
     ``lane``: what a rank holding several chunks adds up along its order of passes
     (``Schedule.rank_activation_peaks``)."""
+    per, work = _activation_terms(ctx, lane, i, j, recompute)
+    return float(per), float(work)
+
+
+def _activation_terms(ctx: StageContext, lane: Lane, i, j, recompute: bool):
     _, per, work = memory_terms(lane.tables, tp=ctx.shape.tp, dp=ctx.shape.dp,
                                 share=lane.share, training=ctx.training, i=i, j=j,
                                 recompute=recompute)
-    return float(per), float(work)
+    return per, work
 
 
 def _lane_memory(ctx: StageContext, lane: Lane, i, j, recompute):
     def act(rc: bool):
-        _, per, work = memory_terms(lane.tables, tp=ctx.shape.tp, dp=ctx.shape.dp,
-                                    share=lane.share, training=ctx.training, i=i, j=j,
-                                    recompute=rc)
+        per, work = _activation_terms(ctx, lane, i, j, rc)
         return ctx.in_flight * per + work
 
     static, _, _ = memory_terms(lane.tables, tp=ctx.shape.tp, dp=ctx.shape.dp,
