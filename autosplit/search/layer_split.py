@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -50,6 +51,19 @@ class StageMatrices:
     bwd: np.ndarray  # (L+1, L+1) backward part of busy (the slack later stages' tails hide in)
     hop: np.ndarray  # (L+1,) one-way transfer out over an overlapping link, boundary at j
     in_flight: int  # micro-batches the stage may hold (cost.pipeline.pipeline_period)
+
+    @cached_property
+    def levels(self) -> np.ndarray:
+        """The distinct finite busy times, ascending: the thresholds this stage can set.
+        Kept with the matrices (which the search caches), so a split does not sort them
+        again."""
+        return np.unique(self.busy[np.isfinite(self.busy)])
+
+    @cached_property
+    def scan_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(busy + extra)ᵀ`` and ``busyᵀ``, indexed ``[j, i]``: the shortest-path pass
+        reduces over the start ``i``, fastest along the last axis."""
+        return ((self.busy + self.extra[None, :]).T.copy(), self.busy.T.copy())
 
 
 @dataclass(frozen=True)
@@ -108,16 +122,14 @@ def _dp_batch(mats: Sequence[StageMatrices], thresholds: np.ndarray
     t = thresholds.size
     f = np.full((t, n), _INF)
     f[:, 0] = 0.0
-    cols = np.arange(n)[None, :]
-    rows = np.arange(t)[:, None]
+    over = thresholds[:, None, None]
     choices: list[np.ndarray] = []
     for m in mats:
-        cost = m.busy + m.extra[None, :]
-        # (T, i, j): the split's value so far plus this stage, where it meets the threshold
-        tot = np.add(f[:, :, None], cost[None])
-        tot[m.busy[None, :, :] > thresholds[:, None, None]] = _INF
-        arg = np.argmin(tot, axis=1)
-        f = tot[rows, arg, cols]
+        cost_t, busy_t = m.scan_terms
+        # (T, j, i): the split's value so far plus this stage, where it meets the threshold
+        tot = np.where(busy_t[None] > over, _INF, f[:, None, :] + cost_t[None])
+        arg = np.argmin(tot, axis=2)
+        f = np.take_along_axis(tot, arg[..., None], axis=2)[..., 0]
         choices.append(arg)
     values: list[float] = []
     paths: list[list[int] | None] = []
@@ -222,8 +234,8 @@ def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
     cannot beat it, or if no split fits in memory.
     """
     m = micro_batches
-    values = np.unique(np.concatenate([mt.busy[np.isfinite(mt.busy)] for mt in mats]))
-    if values.size == 0:
+    levels = [mt.levels for mt in mats]
+    if all(lv.size == 0 for lv in levels):
         return None
     full_mats = mats
     # The first stage has no slack to hide its gradient all-reduce and optimizer step in, so
@@ -242,10 +254,8 @@ def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
     # Smallest feasible threshold: the bottleneck path's, or the caller's proven bound on
     # the slowest stage if that is higher.
     least = _least_threshold(mats)
-    hi = values.size - 1
-    lo = min(int(np.searchsorted(values, min_threshold * (1 - 1e-9))), hi)
-    lo = max(lo, min(int(np.searchsorted(values, least)), hi))
-    relaxed = s_inf + (m - 1) * float(values[lo])
+    values = _scan_values(levels, max(min_threshold * (1 - 1e-9), least), max_thresholds + 1)
+    relaxed = s_inf + (m - 1) * float(values[0])
     if relaxed + tail_lb >= upper_bound:
         return None
     splits: list[list[int]] = []
@@ -254,7 +264,7 @@ def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
     tried = 0
     complete = True
     chunk: dict[int, list[int] | None] = {}
-    for k in range(lo, values.size):
+    for k in range(values.size):
         thr = float(values[k])
         floor = s_inf + (m - 1) * thr
         if floor >= best_pipe and floor + tail_lb >= best_full:
@@ -282,6 +292,17 @@ def solve_split(mats: Sequence[StageMatrices], *, micro_batches: int,
         return None
     return _finish(full_mats, splits, m, pipe_lb=best_pipe, tail_lb=tail_lb, tried=tried,
                    scan_complete=complete)
+
+
+def _scan_values(levels: Sequence[np.ndarray], start: float, count: int) -> np.ndarray:
+    """The first ``count`` distinct busy times of any stage that are ``≥ start``, ascending
+    (the scan visits no more); the largest of all when none reaches ``start``. Each stage's
+    own first ``count`` hold the union's, so only those are merged."""
+    parts = [lv[int(np.searchsorted(lv, start)):][:count] for lv in levels]
+    values = np.unique(np.concatenate(parts))[:count]
+    if values.size == 0:
+        values = np.array([max(float(lv[-1]) for lv in levels if lv.size)])
+    return values
 
 
 def _finish(mats: Sequence[StageMatrices], splits: list[list[int]], m: int, *, pipe_lb: float,
