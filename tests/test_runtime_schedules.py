@@ -165,3 +165,19 @@ def test_a_virtual_stage_on_the_wrong_rank_is_refused_before_any_process(
     assert main(["run", str(path), GPT, "--steps", "1", "--warmup", "0"]) == 2
     err = capsys.readouterr().err
     assert "stages[2].rank" in err and "set rank to 0" in err
+
+
+def test_a_middle_rank_receiving_an_activation_and_a_gradient_at_once_does_not_hang(
+        tmp_path: Path) -> None:
+    # 1F1B on three ranks, three micro-batches: before its first backward the middle rank
+    # posts one batch with the next activation's and the gradient's receives, and each pass
+    # waits on the batch's works. Gloo's receive work waits for a new message on every
+    # wait(), so the second pass used to block for good (the run hit its time limit).
+    steps, micro_batches = 2, 3
+    stages = [StageSpec(0, 2), StageSpec(2, 4), StageSpec(4, 6)]
+    plan = write_plan(tmp_path, plan_dict(GPT, GPT_ARGS, stages, micro_batches=micro_batches))
+    measured, got = run_and_dump(tmp_path, plan, GPT, steps)
+    assert len(measured["ranks"]) == 3
+    assert_trains_like(measured, got, reference(GPT, GPT_ARGS, steps=steps,
+                                                global_batch=2 * micro_batches,
+                                                micro_batches=micro_batches))

@@ -227,6 +227,26 @@ class _WeightWork:
     held: _Held
 
 
+class _Once:
+    """A posted work that is waited on at most once. Every receive of a batch waits on the
+    batch's works, so a work can be asked twice; gloo's point-to-point work waits for a new
+    message each time (a second wait on a completed receive blocks for good)."""
+
+    __slots__ = ("_work", "_done")
+
+    def __init__(self, work: Any) -> None:
+        self._work = work
+        self._done = False
+
+    def wait(self) -> None:
+        if not self._done:
+            self._work.wait()
+            self._done = True
+
+    def is_completed(self) -> bool:
+        return self._done or bool(self._work.is_completed())
+
+
 #: (direction, boundary, micro-batch): the key of one boundary crossing.
 _Key = tuple[str, int, int]
 #: Received tensors of one crossing, and the works that fill them.
@@ -321,7 +341,7 @@ class StageExecutor:
                          if not all(x.is_completed() for x in w)]
         if not ops:
             return
-        works = dist.batch_isend_irecv(ops)
+        works = [_Once(w) for w in dist.batch_isend_irecv(ops)]
         for target in waiting:
             target.extend(works)
         if sent:

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["Fit", "Row", "fit_alpha_beta", "main", "read_csv"]
+__all__ = ["Fit", "Row", "fit_alpha_beta", "free_port", "main", "read_csv"]
 
 SIZES = tuple(4096 * 4 ** i for i in range(8))  # 4 KiB to 64 MiB
 
@@ -119,7 +119,7 @@ def _worker(rank: int, backend: str, port: int, repeats: int, max_bytes: int, qu
         queue.put([asdict(r) for r in rows])
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    args = (ns.backend, _free_port(), ns.repeats, ns.max_mib * 2**20, queue)
+    args = (ns.backend, free_port(), ns.repeats, ns.max_mib * 2**20, queue)
     mp.start_processes(_worker, args=args, nprocs=2, start_method="spawn")
     rows = [Row(**r) for r in queue.get(timeout=10)]
     return _report(ns.backend, rows, ns.output)

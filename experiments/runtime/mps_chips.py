@@ -8,30 +8,34 @@ the efficiencies with measured ones), and the chip is named by its share, ``h200
 which is how ``mps_rank_env.py`` finds each rank's percentage.
 
     python3 experiments/runtime/mps_chips.py trio --out DIR --suffix mix --shares 90 45 15
+    python3 experiments/runtime/mps_chips.py trio --out DIR --suffix mix --shares 90 45 15 \\
+        --relay relay.json
     python3 experiments/runtime/mps_chips.py pair --out DIR --suffix x2 --shares 100 33 \\
         --link-bw-gbs 150 --link-latency-us 20
 
 ``trio`` writes ``DIR/chips/<chip>/chip.yaml`` for every share and ``DIR/cluster.yaml``: one
 card shared by the clients, a third of its memory each, a CPU relay (gloo) between every pair
-(NCCL cannot join two processes on one GPU). ``pair`` writes the chips of a two-GPU host (a
-whole card each) and three clusters: ``cluster_pipeline.yaml`` (one GPU per node, the chips
-meet only at a stage boundary), ``cluster_dp.yaml`` (the same two nodes in one collective group,
-so one stage can have a replica on each) and ``cluster_tp.yaml`` (one node of both GPUs at the
-first share, for a tensor-parallel stage); the link between the GPUs is the measured one.
-Bad arguments stop with exit code 2 and a message naming the argument.
+(NCCL cannot join two processes on one GPU): with ``--relay``, the figures ``relay_bench.py``
+measured (``RelayFigures.from_bench``), else datasheet-like defaults. ``pair`` writes the chips
+of a two-GPU host (a whole card each) and three clusters: ``cluster_pipeline.yaml`` (one GPU
+per node, the chips meet only at a stage boundary), ``cluster_dp.yaml`` (the same two nodes in
+one collective group, so one stage can have a replica on each) and ``cluster_tp.yaml`` (one
+node of both GPUs at the first share, for a tensor-parallel stage); the link between the GPUs
+is the measured one. Bad arguments stop with exit code 2 and a message naming the argument.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-__all__ = ["ChipSpec", "Link", "chip_name", "chip_yaml", "pair_clusters", "trio_cluster",
-           "write_pair", "write_trio"]
+__all__ = ["ChipSpec", "Link", "RelayFigures", "chip_name", "chip_yaml", "pair_clusters",
+           "trio_cluster", "write_pair", "write_trio"]
 
 #: NVIDIA H200 SXM datasheet figures (dense), which every share scales.
 H200_TFLOPS_BF16 = 989.0
@@ -65,6 +69,33 @@ class Link:
 
     bw_gbs: float
     latency_us: float
+
+
+@dataclass(frozen=True)
+class RelayFigures:
+    """The CPU relay between two clients as the cluster file writes it: each node's host copy
+    bandwidth, the network's bandwidth and the per-message latency of the pair."""
+
+    host_bw_gbs: float = PAGEABLE_HOST_GBS
+    nic_bw_gbs: float = GLOO_RELAY_GBS
+    latency_us: float = 100.0
+
+    @classmethod
+    def from_bench(cls, path: Path) -> RelayFigures:
+        """From ``relay_bench.py``'s JSON. The cost model adds the hops' times (device→host,
+        network, host→device); the host bandwidth is the one whose two copies take what the
+        measured ``d2h`` and ``h2d`` take, and the network the rest of the measured whole
+        path, so the three add up to the ``relay`` fit; its latency is the pair's."""
+        fits = json.loads(path.read_text())["fits"]
+        d2h, h2d, relay = (fits[k]["beta_gbs"] for k in ("d2h", "h2d", "relay"))
+        host = 2.0 / (1.0 / d2h + 1.0 / h2d)
+        rest = 1.0 / relay - 2.0 / host
+        # A whole path faster than its copies alone (they overlapped): all of it on the net.
+        net = 1.0 / rest if rest > 0 else fits["gloo"]["beta_gbs"]
+        if rest <= 0:
+            host = 2.0 / (1.0 / relay - 1.0 / net) if 1.0 / relay > 1.0 / net else 1e3
+        return cls(host_bw_gbs=round(host, 3), nic_bw_gbs=round(net, 3),
+                   latency_us=round(max(fits["relay"]["alpha_us"], 1.0), 1))
 
 
 def chip_name(share: int, suffix: str) -> str:
@@ -113,17 +144,19 @@ def chip_yaml(spec: ChipSpec) -> dict:
     }
 
 
-def trio_cluster(specs: list[ChipSpec], name: str) -> dict:
+def trio_cluster(specs: list[ChipSpec], name: str,
+                 relay: RelayFigures = RelayFigures()) -> dict:
     """One card shared by the clients: one node each, a CPU relay between every pair."""
     nodes = [{"name": f"mps{s.share}", "chip": s.name, "devices": 1,
-              "host_bw_gbs": PAGEABLE_HOST_GBS} for s in specs]
-    links = [{"between": [a.name, b.name], "mode": "cpu_relay", "latency_us": 100}
+              "host_bw_gbs": relay.host_bw_gbs} for s in specs]
+    links = [{"between": [a.name, b.name], "mode": "cpu_relay",
+              "latency_us": relay.latency_us}
              for i, a in enumerate(specs) for b in specs[i + 1:]]
     return {"name": name,
             "description": "one H200 split by CUDA MPS into clients at "
                            + ", ".join(f"{s.share}%" for s in specs)
                            + " of the SMs, gloo (CPU relay) between them",
-            "network": {"nic_bw_gbs": GLOO_RELAY_GBS, "latency_us": 100},
+            "network": {"nic_bw_gbs": relay.nic_bw_gbs, "latency_us": 100},
             "nodes": nodes, "interconnect": {"links": links}}
 
 
@@ -157,14 +190,17 @@ def _write_chips(specs: list[ChipSpec], out: Path, header: str) -> None:
         _dump(chip_yaml(s), out / "chips" / s.name / "chip.yaml", header)
 
 
-def write_trio(out: Path, suffix: str, shares: list[int]) -> None:
+def write_trio(out: Path, suffix: str, shares: list[int],
+               relay: RelayFigures = RelayFigures()) -> None:
     """Chips and cluster of one card shared by ``len(shares)`` clients."""
     specs = [ChipSpec(p, suffix, round(H200_MEMORY_GB / len(shares), 1), True) for p in shares]
     listed = " ".join(map(str, shares))
     header = f"Written by experiments/runtime/mps_chips.py trio --shares {listed}"
     _write_chips(specs, out, header)
-    _dump(trio_cluster(specs, f"h200-mps-{'-'.join(map(str, shares))}"), out / "cluster.yaml",
-          header)
+    if relay != RelayFigures():
+        header += " --relay (measured: relay_bench.py)"
+    _dump(trio_cluster(specs, f"h200-mps-{'-'.join(map(str, shares))}", relay),
+          out / "cluster.yaml", header)
 
 
 def write_pair(out: Path, suffix: str, shares: list[int], link: Link) -> None:
@@ -190,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shares", required=True, nargs="+", type=int)
     parser.add_argument("--link-bw-gbs", type=float, default=0.0)
     parser.add_argument("--link-latency-us", type=float, default=0.0)
+    parser.add_argument("--relay", type=Path, default=None,
+                        help="relay_bench.py's JSON: the measured CPU relay (trio)")
     ns = parser.parse_args(argv)
     if not ns.suffix.isalnum() or not ns.suffix.islower():
         return _fail(f"--suffix {ns.suffix!r}: use lower-case letters and digits, e.g. mix")
@@ -202,7 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     if ns.layout == "trio":
         if len(ns.shares) < 2:
             return _fail("--shares: trio needs two or more shares, e.g. --shares 90 45 15")
-        write_trio(ns.out, ns.suffix, ns.shares)
+        relay = RelayFigures()
+        if ns.relay is not None:
+            try:
+                relay = RelayFigures.from_bench(ns.relay)
+            except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
+                return _fail(f"--relay {ns.relay}: not relay_bench.py's output ({exc})")
+        write_trio(ns.out, ns.suffix, ns.shares, relay)
         return 0
     if len(ns.shares) != 2:
         return _fail("--shares: pair needs two shares, GPU 0's then GPU 1's, e.g. 100 33")

@@ -4,8 +4,9 @@
 #   1. the GEMM fault check (mps_gemm_probe.py with the model's own Linear shapes) in every
 #      client at once; a share that computes a wrong or unwritten product stops the run here
 #      (probe_verdict.py, exit code 3), before anything is timed;
+#   1b. the CPU relay timed as the runtime moves a boundary (relay_bench.py), others busy;
 #   2. chip files for the shares (mps_chips.py: datasheet x share, a 1/n of the card's memory
-#      each, CPU relay between every pair), then chip benchmark (--write-chip) and layer
+#      each, the measured CPU relay between every pair), then chip benchmark (--write-chip) and layer
 #      profiles of every client, measured while all of them run (a client that finishes first
 #      keeps its share of the GPU busy until the others are done);
 #   3. the plan searched with those profiles (--schedule 1f1b), and the uniform split of the
@@ -26,6 +27,7 @@
 #                                                              default 1
 #   STEPS, WARMUP                                              default 8, 3
 #   TAG         output folder name under $OUT                  default mix-<shares>-<model>
+#   RELAY=0     skip the relay benchmark (relay_bench.py): default relay figures
 #   PROBE_ONLY=1  stop after the fault check (check candidate shares in about 30 s)
 #   DRY_RUN=1   the CPU, a tiny model, no MPS: every step, the same files
 #
@@ -108,8 +110,27 @@ if [ "$DRY" != 1 ]; then
 fi
 [ "${PROBE_ONLY:-0}" = 1 ] && exit 0
 
+# ---- 1b. the CPU relay as the runtime moves a boundary, the other clients busy -------------------
+# (relay_bench.py: device->host copy, gloo, host->device, between the two slowest clients); its
+# fit becomes the cluster's relay figures. RELAY=0: the datasheet-like defaults of mps_chips.py.
+RELAY_ARGS=()
+if [ "${RELAY:-1}" = 1 ]; then
+  n=${#SHARES[@]}
+  RB=(--repeats 15)
+  [ "$DRY" = 1 ] && RB=(--repeats 3 --max-mib 4)
+  if timeout 240 python3 $HERE/relay_bench.py --device $DEVICE "${RB[@]}" \
+       --shares "${SHARES[n-2]}" "${SHARES[n-1]}" --load "${SHARES[@]:0:n-2}" \
+       -o "$R/relay.json" >> "$LOG" 2>&1; then
+    RELAY_ARGS=(--relay "$R/relay.json")
+    stamp "relay measured: $(python3 -c "import json,sys; f=json.load(open(sys.argv[1]))['fits']['relay']; print(f'{f[\"alpha_us\"]:.0f} us + bytes / {f[\"beta_gbs\"]:.2f} GB/s')" "$R/relay.json")"
+  else
+    stamp "relay bench failed: the cluster keeps the default relay figures"
+  fi
+fi
+
 # ---- 2. chips and layer profiles, all clients at once ----------------------------------------------
-python3 $HERE/mps_chips.py trio --out "$R" --suffix $SUFFIX --shares "${SHARES[@]}" || exit 2
+python3 $HERE/mps_chips.py trio --out "$R" --suffix $SUFFIX --shares "${SHARES[@]}" \
+  "${RELAY_ARGS[@]}" || exit 2
 for p in "${SHARES[@]}"; do
   chip=h200-mps$p-$SUFFIX
   mkdir -p "$R/profiles/$chip/measured"

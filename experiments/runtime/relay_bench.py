@@ -1,0 +1,198 @@
+"""Time the CPU relay exactly as `autosplit run` moves a stage boundary, between two MPS clients.
+
+The cost model prices a CPU-relay transfer as three hops (device→host copy, the network, host→
+device copy) plus a per-message latency (docs/cost-model.md). The runtime's relay is: the
+sender copies the boundary tensor to host memory (``.to("cpu")``, a pageable synchronous copy),
+gloo sends it, the receiver copies it onto its device (``.to(device)``). This script times that
+path and each hop, as two processes at their own SM shares, while other clients keep their
+shares busy (``--load``), the way a pipeline's neighbours compute while a stage transfers:
+
+    python3 experiments/runtime/relay_bench.py --shares 30 15 --load 50 -o relay.json
+
+Rows: ``relay`` (half a ping-pong of the whole path), ``d2h`` and ``h2d`` (one copy each, on
+the first rank) and ``gloo`` (half a ping-pong of a host tensor). Each is fitted to
+``t = alpha + bytes / beta`` (``link_bench.fit_alpha_beta``); the JSON holds the fits and rows,
+which ``mps_chips.py trio --relay`` turns into the cluster's relay figures. ``--device cpu``
+runs the same steps without a GPU (a check of the plumbing; the figures mean nothing).
+Bad arguments exit with code 2 and a message naming the argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from link_bench import Row, fit_alpha_beta, free_port  # noqa: E402
+
+__all__ = ["main"]
+
+SIZES = tuple(2**18 * 4 ** i for i in range(5))  # 256 KiB to 64 MiB
+KINDS = ("relay", "d2h", "h2d", "gloo")
+LOAD_SCRIPT = Path(__file__).resolve().parents[1] / "profiling" / "gpu_load.py"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median(fn, device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _rank(rank: int, port: int, device_name: str, repeats: int, max_bytes: int,
+          out: str) -> None:
+    """One side of the relay: the same calls as the runtime's executor (``_give`` copies to
+    host, ``batch_isend_irecv`` over gloo, ``_run_forward`` copies onto the device)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    device = torch.device(device_name)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    rows: list[Row] = []
+    for nbytes in (n for n in SIZES if n <= max_bytes):
+        rows += _time_size(rank, device, nbytes, repeats)
+        dist.barrier()
+    dist.destroy_process_group()
+    if rank == 0:
+        Path(out).write_text(json.dumps([asdict(r) for r in rows]))
+
+
+def _time_size(rank: int, device: torch.device, nbytes: int, repeats: int) -> list[Row]:
+    """The rows of one message size (the first rank also times the two copies alone)."""
+    peer = 1 - rank
+    x = torch.ones(nbytes // 2, dtype=torch.bfloat16, device=device)
+    host = torch.empty(x.shape, dtype=x.dtype)
+
+    def relay() -> None:
+        if rank == 0:
+            dist.send(x.detach().to("cpu").contiguous(), peer)
+            dist.recv(host, peer)
+            host.to(device, copy=True).contiguous()
+        else:
+            dist.recv(host, peer)
+            y = host.to(device, copy=True).contiguous()
+            dist.send(y.detach().to("cpu").contiguous(), peer)
+
+    def gloo() -> None:
+        if rank == 0:
+            dist.send(host, peer)
+            dist.recv(host, peer)
+        else:
+            dist.recv(host, peer)
+            dist.send(host, peer)
+
+    for fn in (relay, gloo):  # warm-up: connections, allocator
+        fn()
+    rows = [Row("relay", nbytes, _median(relay, device, repeats) / 2),
+            Row("gloo", nbytes, _median(gloo, device, repeats) / 2)]
+    if rank == 0:
+        # On the CPU (the plumbing check) both copies are a host memcpy.
+        rows.append(Row("d2h", nbytes, _median(lambda: x.to("cpu", copy=True), device,
+                                               repeats)))
+        rows.append(Row("h2d", nbytes, _median(lambda: host.to(device, copy=True), device,
+                                               repeats)))
+    return rows
+
+
+def _spawn(ns: argparse.Namespace, rows_file: str) -> int:
+    """The two ranks at their shares and the load clients; the ranks' worst exit code."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        stop = Path(tmp) / "stop"
+        loads = []
+        if ns.device == "cuda":
+            for share in ns.load:
+                env = dict(os.environ, CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=str(share))
+                loads.append(subprocess.Popen([sys.executable, str(LOAD_SCRIPT), str(stop)],
+                                              env=env))
+        ranks = []
+        for rank, share in enumerate(ns.shares):
+            env = dict(os.environ)
+            if ns.device == "cuda":
+                env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(share)
+            ranks.append(subprocess.Popen(
+                [sys.executable, __file__, "--_rank", str(rank), "--_port", str(port),
+                 "--device", ns.device, "--repeats", str(ns.repeats), "--max-mib",
+                 str(ns.max_mib), "-o", rows_file], env=env))
+        try:
+            codes = [p.wait(timeout=ns.timeout) for p in ranks]
+        except subprocess.TimeoutExpired:
+            for p in ranks:
+                p.kill()
+            codes = [124]
+        stop.touch()
+        for p in loads:
+            p.wait(timeout=30)
+    return max(codes)
+
+
+def _report(ns: argparse.Namespace, rows: list[Row]) -> int:
+    try:
+        fits = {k: asdict(fit_alpha_beta(rows, k)) for k in KINDS}
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    result = {"shares": ns.shares, "load": ns.load, "device": ns.device,
+              "torch": torch.__version__, "fits": fits, "rows": [asdict(r) for r in rows]}
+    Path(ns.output).write_text(json.dumps(result, indent=1))
+    for kind, f in fits.items():
+        print(f"{kind}: alpha {f['alpha_us']:.1f} us, beta {f['beta_gbs']:.2f} GB/s "
+              f"(worst row {f['worst_error_pct']:.1f} % off the fit)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shares", nargs=2, type=int, default=[30, 15],
+                        help="SM percentages of the sending and the receiving client")
+    parser.add_argument("--load", nargs="*", type=int, default=[],
+                        help="SM percentages of clients kept busy meanwhile")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--max-mib", type=int, default=64, help="largest message, MiB")
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds for the ranks")
+    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--_rank", type=int, default=-1, help=argparse.SUPPRESS)
+    parser.add_argument("--_port", type=int, default=0, help=argparse.SUPPRESS)
+    ns = parser.parse_args(argv)
+    if ns._rank >= 0:
+        _rank(ns._rank, ns._port, ns.device, ns.repeats, ns.max_mib * 2**20, ns.output)
+        return 0
+    bad = [p for p in ns.shares + ns.load if not 1 <= p <= 100]
+    if bad:
+        print(f"error: --shares/--load {bad}: an SM share is a percentage from 1 to 100",
+              file=sys.stderr)
+        return 2
+    if ns.repeats < 1 or ns.max_mib < 1 or ns.timeout <= 0:
+        print("error: --repeats, --max-mib and --timeout must be positive", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        rows_file = str(Path(tmp) / "rows.json")
+        code = _spawn(ns, rows_file)
+        if code != 0 or not Path(rows_file).exists():
+            print(f"error: a relay rank failed (exit code {code})", file=sys.stderr)
+            return 1
+        rows = [Row(**r) for r in json.loads(Path(rows_file).read_text())]
+    return _report(ns, rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
