@@ -11,8 +11,12 @@ shares busy (``--load``), the way a pipeline's neighbours compute while a stage 
 
 Rows: ``relay`` (half a ping-pong of the whole path), ``d2h`` and ``h2d`` (one copy each, on
 the first rank) and ``gloo`` (half a ping-pong of a host tensor). Each is fitted to
-``t = alpha + bytes / beta`` (``link_bench.fit_alpha_beta``); the JSON holds the fits and rows,
-which ``mps_chips.py trio --relay`` turns into the cluster's relay figures. ``--device cpu``
+``t = alpha + bytes / beta`` (``link_bench.fit_alpha_beta``) over the rows up to
+``--fit-max-mib`` (default 16 MiB: the boundary tensors of the example models are 4-13 MB;
+on the H200 machine a 64 MiB device-to-host copy ran at a tenth of the 16 MiB one's rate, each
+copy into freshly mapped host pages, which would set the fit for every size); the JSON holds
+the fits and every row, which ``mps_chips.py trio --relay`` turns into the cluster's relay
+figures. ``--refit FILE`` fits the rows of an earlier output again. ``--device cpu``
 runs the same steps without a GPU (a check of the plumbing; the figures mean nothing).
 Bad arguments exit with code 2 and a message naming the argument.
 """
@@ -81,14 +85,15 @@ def _time_size(rank: int, device: torch.device, nbytes: int, repeats: int) -> li
     x = torch.ones(nbytes // 2, dtype=torch.bfloat16, device=device)
     host = torch.empty(x.shape, dtype=x.dtype)
 
-    def relay() -> None:
+    def relay() -> None:  # a fresh receive buffer each time, as the executor's
+        got = torch.empty(x.shape, dtype=x.dtype)
         if rank == 0:
             dist.send(x.detach().to("cpu").contiguous(), peer)
-            dist.recv(host, peer)
-            host.to(device, copy=True).contiguous()
+            dist.recv(got, peer)
+            got.to(device, copy=True).contiguous()
         else:
-            dist.recv(host, peer)
-            y = host.to(device, copy=True).contiguous()
+            dist.recv(got, peer)
+            y = got.to(device, copy=True).contiguous()
             dist.send(y.detach().to("cpu").contiguous(), peer)
 
     def gloo() -> None:
@@ -145,13 +150,16 @@ def _spawn(ns: argparse.Namespace, rows_file: str) -> int:
 
 
 def _report(ns: argparse.Namespace, rows: list[Row]) -> int:
+    limit = ns.fit_max_mib * 2**20
     try:
-        fits = {k: asdict(fit_alpha_beta(rows, k)) for k in KINDS}
+        fits = {k: asdict(fit_alpha_beta([r for r in rows if r.nbytes <= limit], k))
+                for k in KINDS}
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     result = {"shares": ns.shares, "load": ns.load, "device": ns.device,
-              "torch": torch.__version__, "fits": fits, "rows": [asdict(r) for r in rows]}
+              "torch": torch.__version__, "fit_max_bytes": limit, "fits": fits,
+              "rows": [asdict(r) for r in rows]}
     Path(ns.output).write_text(json.dumps(result, indent=1))
     for kind, f in fits.items():
         print(f"{kind}: alpha {f['alpha_us']:.1f} us, beta {f['beta_gbs']:.2f} GB/s "
@@ -168,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--max-mib", type=int, default=64, help="largest message, MiB")
+    parser.add_argument("--fit-max-mib", type=int, default=16,
+                        help="largest message the fit uses, MiB")
+    parser.add_argument("--refit", type=Path, default=None,
+                        help="fit the rows of this earlier output instead of timing")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds for the ranks")
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--_rank", type=int, default=-1, help=argparse.SUPPRESS)
@@ -181,9 +193,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --shares/--load {bad}: an SM share is a percentage from 1 to 100",
               file=sys.stderr)
         return 2
-    if ns.repeats < 1 or ns.max_mib < 1 or ns.timeout <= 0:
-        print("error: --repeats, --max-mib and --timeout must be positive", file=sys.stderr)
+    if ns.repeats < 1 or ns.max_mib < 1 or ns.fit_max_mib < 1 or ns.timeout <= 0:
+        print("error: --repeats, --max-mib, --fit-max-mib and --timeout must be positive",
+              file=sys.stderr)
         return 2
+    if ns.refit is not None:
+        try:
+            old = json.loads(ns.refit.read_text())
+            rows = [Row(**r) for r in old["rows"]]
+            ns.shares, ns.load, ns.device = old["shares"], old["load"], old["device"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: --refit {ns.refit}: not this script's output ({exc})",
+                  file=sys.stderr)
+            return 2
+        return _report(ns, rows)
     with tempfile.TemporaryDirectory() as tmp:
         rows_file = str(Path(tmp) / "rows.json")
         code = _spawn(ns, rows_file)
