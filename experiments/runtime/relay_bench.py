@@ -16,9 +16,17 @@ the first rank) and ``gloo`` (half a ping-pong of a host tensor). Each is fitted
 on the H200 machine a 64 MiB device-to-host copy ran at a tenth of the 16 MiB one's rate, each
 copy into freshly mapped host pages, which would set the fit for every size); the JSON holds
 the fits and every row, which ``mps_chips.py trio --relay`` turns into the cluster's relay
-figures. ``--refit FILE`` fits the rows of an earlier output again. ``--device cpu``
-runs the same steps without a GPU (a check of the plumbing; the figures mean nothing).
-Bad arguments exit with code 2 and a message naming the argument.
+figures. ``--refit FILE`` fits the rows of an earlier output again.
+
+The receive buffer is reused across messages. With ``--fresh-buffers`` (a new host tensor
+per message, as the executor allocates its receive buffers) the whole path measured
+0.56 GB/s at 4-16 MiB on the H200 machine, a quarter of the reused buffer's 2.3 GB/s, and
+priced both plans of that run 34-43 % slower than they trained
+(results/mix-50-20-15-llama); the reused buffer's fit priced the runs within 1-8 %. So the
+training runs do not pay what a fresh buffer costs in this ping-pong; why is not known.
+
+``--device cpu`` runs the same steps without a GPU (a check of the plumbing; the figures mean
+nothing). Bad arguments exit with code 2 and a message naming the argument.
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ def _median(fn, device: torch.device, repeats: int) -> float:
 
 
 def _rank(rank: int, port: int, device_name: str, repeats: int, max_bytes: int,
-          out: str) -> None:
+          out: str, fresh: bool) -> None:
     """One side of the relay: the same calls as the runtime's executor (``_give`` copies to
     host, ``batch_isend_irecv`` over gloo, ``_run_forward`` copies onto the device)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -72,21 +80,23 @@ def _rank(rank: int, port: int, device_name: str, repeats: int, max_bytes: int,
     dist.init_process_group("gloo", rank=rank, world_size=2)
     rows: list[Row] = []
     for nbytes in (n for n in SIZES if n <= max_bytes):
-        rows += _time_size(rank, device, nbytes, repeats)
+        rows += _time_size(rank, device, nbytes, repeats, fresh)
         dist.barrier()
     dist.destroy_process_group()
     if rank == 0:
         Path(out).write_text(json.dumps([asdict(r) for r in rows]))
 
 
-def _time_size(rank: int, device: torch.device, nbytes: int, repeats: int) -> list[Row]:
-    """The rows of one message size (the first rank also times the two copies alone)."""
+def _time_size(rank: int, device: torch.device, nbytes: int, repeats: int,
+               fresh: bool) -> list[Row]:
+    """The rows of one message size (the first rank also times the two copies alone);
+    ``fresh``: a new receive buffer per message (``--fresh-buffers``)."""
     peer = 1 - rank
     x = torch.ones(nbytes // 2, dtype=torch.bfloat16, device=device)
     host = torch.empty(x.shape, dtype=x.dtype)
 
-    def relay() -> None:  # a fresh receive buffer each time, as the executor's
-        got = torch.empty(x.shape, dtype=x.dtype)
+    def relay() -> None:
+        got = torch.empty(x.shape, dtype=x.dtype) if fresh else host
         if rank == 0:
             dist.send(x.detach().to("cpu").contiguous(), peer)
             dist.recv(got, peer)
@@ -136,7 +146,8 @@ def _spawn(ns: argparse.Namespace, rows_file: str) -> int:
             ranks.append(subprocess.Popen(
                 [sys.executable, __file__, "--_rank", str(rank), "--_port", str(port),
                  "--device", ns.device, "--repeats", str(ns.repeats), "--max-mib",
-                 str(ns.max_mib), "-o", rows_file], env=env))
+                 str(ns.max_mib), "-o", rows_file,
+                 *(["--fresh-buffers"] if ns.fresh_buffers else [])], env=env))
         try:
             codes = [p.wait(timeout=ns.timeout) for p in ranks]
         except subprocess.TimeoutExpired:
@@ -158,7 +169,8 @@ def _report(ns: argparse.Namespace, rows: list[Row]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     result = {"shares": ns.shares, "load": ns.load, "device": ns.device,
-              "torch": torch.__version__, "fit_max_bytes": limit, "fits": fits,
+              "torch": torch.__version__, "fresh_buffers": ns.fresh_buffers,
+              "fit_max_bytes": limit, "fits": fits,
               "rows": [asdict(r) for r in rows]}
     Path(ns.output).write_text(json.dumps(result, indent=1))
     for kind, f in fits.items():
@@ -176,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--max-mib", type=int, default=64, help="largest message, MiB")
+    parser.add_argument("--fresh-buffers", action="store_true",
+                        help="a new host receive buffer per message (see the docstring)")
     parser.add_argument("--fit-max-mib", type=int, default=16,
                         help="largest message the fit uses, MiB")
     parser.add_argument("--refit", type=Path, default=None,
@@ -186,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--_port", type=int, default=0, help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
     if ns._rank >= 0:
-        _rank(ns._rank, ns._port, ns.device, ns.repeats, ns.max_mib * 2**20, ns.output)
+        _rank(ns._rank, ns._port, ns.device, ns.repeats, ns.max_mib * 2**20, ns.output,
+              ns.fresh_buffers)
         return 0
     bad = [p for p in ns.shares + ns.load if not 1 <= p <= 100]
     if bad:
@@ -202,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             old = json.loads(ns.refit.read_text())
             rows = [Row(**r) for r in old["rows"]]
             ns.shares, ns.load, ns.device = old["shares"], old["load"], old["device"]
+            ns.fresh_buffers = bool(old.get("fresh_buffers", False))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"error: --refit {ns.refit}: not this script's output ({exc})",
                   file=sys.stderr)
