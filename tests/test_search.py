@@ -190,6 +190,12 @@ def test_search_reports_its_progress_with_the_best_plan_and_the_work_done() -> N
     assert found[-1].gap == pytest.approx(plan.search.optimality_gap, abs=1e-9)
     assert found[-1].lower_bound_s == pytest.approx(plan.search.lower_bound_s, rel=1e-9)
     assert found[-1].candidates >= plan.search.explored > 0
+    # The gap is the search's objective against its bound, both in the plan.
+    st = plan.search
+    assert found[-1].best_s == pytest.approx(st.objective_s, rel=1e-9)
+    assert st.lower_bound_s <= st.objective_s
+    assert st.optimality_gap == pytest.approx(
+        (st.objective_s - st.lower_bound_s) / st.objective_s, abs=1e-12)
 
 
 def test_progress_gap_is_known_only_with_a_plan_and_a_bound() -> None:

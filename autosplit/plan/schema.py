@@ -196,6 +196,12 @@ class SearchStats:
     #: work over total effective compute: no bubble, no transfers, no memory limits);
     #: ``perfect_balance_s / prediction.iteration_s`` says how close to that the plan is.
     perfect_balance_s: float = 0.0
+    #: The best plan's time by the search's own objective (the closed form
+    #: ``Σu + (m − 1)·max u`` plus transfers and tail), which ``lower_bound_s`` bounds and
+    #: ``optimality_gap`` is measured against. ``prediction.iteration_s`` is the chosen
+    #: schedule's simulation of the plan and may lie on either side of it (an interleaved
+    #: schedule can beat the closed form, and its bound).
+    objective_s: float = 0.0
 
 
 @with_config(_FILE)

@@ -162,7 +162,8 @@ def build_plan(outcome, *, model: ModelProfile, cluster: Cluster, training: Trai
         solver="threshold-dp", lower_bound_s=lower,
         optimality_gap=max(0.0, (closed - lower) / closed),
         timed_out=budget.stopped_by == "time_limit", stopped_by=budget.stopped_by,
-        work=budget.spent, budget=search.budget, perfect_balance_s=perfect_balance_s)
+        work=budget.spent, budget=search.budget, perfect_balance_s=perfect_balance_s,
+        objective_s=closed)
     plan = Plan(
         model=model_ref(model), cluster=cluster_ref(cluster),
         global_batch=training.global_batch, micro_batch_count=best.micro_batches,
