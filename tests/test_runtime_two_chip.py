@@ -214,3 +214,55 @@ def test_the_analysis_tables_a_run_folder(tmp_path: Path) -> None:
     assert "memory worst: 1.0 % (target <= 2 %, met)" in text
     (tmp_path / "validation_gpt_uniform.json").write_text("{}")
     assert analyse_runs.main([str(tmp_path)]) == 2
+
+
+def test_a_measured_relay_becomes_the_trio_cluster_s_relay(tmp_path: Path) -> None:
+    """relay_bench.py's fits, written by ``mps_chips.py trio --relay``: the cost model's three
+    hops add up to the measured whole path, and the pair's latency is the measured one."""
+    import json
+
+    from autosplit.cluster.load import load_cluster
+
+    fits = {"relay": (180.0, 2.0), "d2h": (40.0, 12.0), "h2d": (30.0, 8.0), "gloo": (35.0, 4.0)}
+    bench = tmp_path / "relay.json"
+    bench.write_text(json.dumps({"fits": {k: {"kind": k, "alpha_us": a, "beta_gbs": b,
+                                               "worst_error_pct": 1.0}
+                                           for k, (a, b) in fits.items()}}))
+    out = tmp_path / "trio"
+    assert mps_chips.main(["trio", "--out", str(out), "--suffix", "mix", "--shares", "50", "30",
+                           "15", "--relay", str(bench)]) == 0
+    cluster = load_cluster(out / "cluster.yaml", chip_dirs=(out / "chips",))
+    a, b = cluster.nodes[0], cluster.nodes[2]
+    link = cluster.link_between(a, b)
+    assert link.kind == "cpu_relay"
+    assert link.bw_gbs == pytest.approx(2.0, rel=1e-3)
+    assert link.latency_s == pytest.approx(180e-6)
+    # A file that is not the bench's output is refused with exit code 2, naming --relay.
+    bench.write_text("{}")
+    assert mps_chips.main(["trio", "--out", str(out), "--suffix", "mix", "--shares", "50", "30",
+                           "--relay", str(bench)]) == 2
+
+
+def test_the_relay_fit_leaves_out_messages_above_its_limit(tmp_path: Path) -> None:
+    """A 64 MiB copy into fresh host pages runs far slower than the sizes a plan sends; the
+    fit (``--fit-max-mib``, 16 by default) must not let it set the bandwidth of every size."""
+    import json
+
+    relay_bench = _load("relay_bench")
+    rows = []
+    for kind, alpha, beta in (("relay", 200e-6, 2.4e9), ("d2h", 40e-6, 13e9),
+                              ("h2d", 40e-6, 13e9), ("gloo", 40e-6, 4e9)):
+        for n in relay_bench.SIZES:
+            slow = 10.0 if n > 16 * 2**20 and kind in ("relay", "d2h") else 1.0
+            rows.append({"kind": kind, "nbytes": n, "seconds": alpha + slow * n / beta})
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"shares": [30, 15], "load": [50], "device": "cuda",
+                               "rows": rows}))
+    new = tmp_path / "new.json"
+    assert relay_bench.main(["--refit", str(old), "-o", str(new)]) == 0
+    fit = json.loads(new.read_text())["fits"]["relay"]
+    assert fit["beta_gbs"] == pytest.approx(2.4, rel=1e-6)
+    assert fit["alpha_us"] == pytest.approx(200.0, rel=1e-6)
+    assert relay_bench.main(["--refit", str(old), "--fit-max-mib", "64", "-o", str(new)]) == 0
+    assert json.loads(new.read_text())["fits"]["relay"]["beta_gbs"] < 0.5
+    assert relay_bench.main(["--refit", str(tmp_path / "none.json"), "-o", str(new)]) == 2
