@@ -477,3 +477,21 @@ def test_bad_options(path: str, kwargs: dict, expected: str) -> None:
     with pytest.raises(BadInputError) as info:
         ingest_model(path, **options)
     assert expected in info.value.render()
+
+
+def test_ingestion_does_not_import_dynamo() -> None:
+    """Building and measuring on the meta device compiles nothing; importing torch._dynamo
+    (which PyTorch's dynamo-disabling wrappers do on first call) cost a cold search 1-1.5 s.
+    A fresh process, as the isolated ingestion runs: the profile, and no torch._dynamo."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from autosplit.model.ingest import ingest_model\n"
+            "p = ingest_model('experiments/models/llama.py', model_args={'size': 'tiny'}, "
+            "seq_len=64)\n"
+            "assert len(p.layers) > 2, p.layers\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1], check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

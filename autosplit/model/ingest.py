@@ -35,6 +35,7 @@ from autosplit.model.loader import (
     load_model_source,
 )
 from autosplit.model.measure import UnitMeasure, measure_units
+from autosplit.model.no_dynamo import without_dynamo_import
 from autosplit.model.replay import layer_kind
 from autosplit.model.types import LayerProfile, ModelProfile
 from autosplit.model.user_code import call_user
@@ -144,12 +145,13 @@ def ingest_model(path: str, *, model_args: dict[str, str] | None = None, seq_len
     _check_options(path, seq_len, dtype)
     source = load_model_source(path, model_args)
     torch_dtype = DTYPES[dtype]
-    model = build_on_meta(source, dtype=torch_dtype)
-    inputs, targets = _example_batch(source, seq_len, torch_dtype)
-    partition = find_partition(model, source.blocks_attr, inputs=inputs, path=path)
-    loss_fn: Callable[[Any, Any], torch.Tensor] = source.loss_fn or default_loss
-    measures, kinds = measure_units(model, partition, inputs, targets, loss_fn,
-                                    fused_attention=fused_attention, path=path)
+    with without_dynamo_import():
+        model = build_on_meta(source, dtype=torch_dtype)
+        inputs, targets = _example_batch(source, seq_len, torch_dtype)
+        partition = find_partition(model, source.blocks_attr, inputs=inputs, path=path)
+        loss_fn: Callable[[Any, Any], torch.Tensor] = source.loss_fn or default_loss
+        measures, kinds = measure_units(model, partition, inputs, targets, loss_fn,
+                                        fused_attention=fused_attention, path=path)
     layers = tuple(
         _profile(index, unit, measures[unit[0]], model=model,
                  kind_key=_unit_kind(model, partition, unit, kinds))
