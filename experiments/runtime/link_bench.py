@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["Fit", "Row", "fit_alpha_beta", "free_port", "main", "read_csv"]
+__all__ = ["Fit", "Row", "fit_alpha_beta", "free_port", "main", "median_seconds",
+           "read_csv"]
 
 SIZES = tuple(4096 * 4 ** i for i in range(8))  # 4 KiB to 64 MiB
 
@@ -74,7 +75,9 @@ def fit_alpha_beta(rows: list[Row], kind: str) -> Fit:
     return Fit(kind, alpha * 1e6, 1e-9 / slope, 100.0 * worst)
 
 
-def _time(fn, device: torch.device, repeats: int) -> float:
+def median_seconds(fn, device: torch.device, repeats: int) -> float:
+    """The median wall time of ``fn`` over ``repeats`` calls, the device synchronised
+    before and after each."""
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -111,8 +114,8 @@ def _worker(rank: int, backend: str, port: int, repeats: int, max_bytes: int, qu
 
         for fn in (ping_pong, all_reduce):  # warm-up: connections, NCCL channels
             fn()
-        rows.append(Row("p2p", nbytes, _time(ping_pong, device, repeats) / 2))
-        rows.append(Row("all_reduce", nbytes, _time(all_reduce, device, repeats)))
+        rows.append(Row("p2p", nbytes, median_seconds(ping_pong, device, repeats) / 2))
+        rows.append(Row("all_reduce", nbytes, median_seconds(all_reduce, device, repeats)))
     dist.barrier()
     dist.destroy_process_group()
     if rank == 0:

@@ -37,7 +37,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,30 +44,13 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from link_bench import Row, fit_alpha_beta, free_port  # noqa: E402
+from link_bench import Row, fit_alpha_beta, free_port, median_seconds  # noqa: E402
 
 __all__ = ["main"]
 
 SIZES = tuple(2**18 * 4 ** i for i in range(5))  # 256 KiB to 64 MiB
 KINDS = ("relay", "d2h", "h2d", "gloo")
 LOAD_SCRIPT = Path(__file__).resolve().parents[1] / "profiling" / "gpu_load.py"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median(fn, device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def _rank(rank: int, port: int, device_name: str, repeats: int, max_bytes: int,
@@ -116,13 +98,13 @@ def _time_size(rank: int, device: torch.device, nbytes: int, repeats: int,
 
     for fn in (relay, gloo):  # warm-up: connections, allocator
         fn()
-    rows = [Row("relay", nbytes, _median(relay, device, repeats) / 2),
-            Row("gloo", nbytes, _median(gloo, device, repeats) / 2)]
+    rows = [Row("relay", nbytes, median_seconds(relay, device, repeats) / 2),
+            Row("gloo", nbytes, median_seconds(gloo, device, repeats) / 2)]
     if rank == 0:
         # On the CPU (the plumbing check) both copies are a host memcpy.
-        rows.append(Row("d2h", nbytes, _median(lambda: x.to("cpu", copy=True), device,
+        rows.append(Row("d2h", nbytes, median_seconds(lambda: x.to("cpu", copy=True), device,
                                                repeats)))
-        rows.append(Row("h2d", nbytes, _median(lambda: host.to(device, copy=True), device,
+        rows.append(Row("h2d", nbytes, median_seconds(lambda: host.to(device, copy=True), device,
                                                repeats)))
     return rows
 
