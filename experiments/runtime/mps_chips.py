@@ -90,9 +90,11 @@ class RelayFigures:
         d2h, h2d, relay = (fits[k]["beta_gbs"] for k in ("d2h", "h2d", "relay"))
         host = 2.0 / (1.0 / d2h + 1.0 / h2d)
         rest = 1.0 / relay - 2.0 / host
-        # A whole path faster than its copies alone (they overlapped): all of it on the net.
-        net = 1.0 / rest if rest > 0 else fits["gloo"]["beta_gbs"]
-        if rest <= 0:
+        if rest > 0:
+            net = 1.0 / rest
+        else:  # the whole path beat its two copies (they overlapped): gloo's own figure for
+            # the network, the copies whatever is left of the path (or nearly free)
+            net = fits["gloo"]["beta_gbs"]
             host = 2.0 / (1.0 / relay - 1.0 / net) if 1.0 / relay > 1.0 / net else 1e3
         return cls(host_bw_gbs=round(host, 3), nic_bw_gbs=round(net, 3),
                    latency_us=round(max(fits["relay"]["alpha_us"], 1.0), 1))
