@@ -28,6 +28,7 @@
 #   STEPS, WARMUP                                              default 8, 3
 #   TAG         output folder name under $OUT                  default mix-<shares>-<model>
 #   RELAY=0     skip the relay benchmark (relay_bench.py): default relay figures
+#   LOAD=gemm   a client done profiling runs matrix products (default: the model's training step)
 #   PROBE_ONLY=1  stop after the fault check (check candidate shares in about 30 s)
 #   DRY_RUN=1   the CPU, a tiny model, no MPS: every step, the same files
 #
@@ -145,18 +146,28 @@ client() {  # $1 = this client's SM share
     timeout 120 $A profile-chip --device $DEVICE --chip $chip --repeats $REPEATS --warmup 1 \
       "${SWEEP[@]}" -o "$R/profiles/$chip/measured/chip-bench.csv" --write-chip \
       --chip-file "$R/profiles/$chip/chip.yaml"
+    # The layer profiles start together, once every client has benched its chip, so that
+    # each is timed next to neighbours running layers too, not a chip benchmark.
+    touch "$R/benched$p"
+    for o in "${SHARES[@]}"; do
+      for _ in $(seq 240); do [ -f "$R/benched$o" ] && break; sleep 0.5; done
+    done
     timeout 150 $A profile $MODEL "${ARGS[@]}" --seq-len $SEQ --dtype $DTYPE --micro-batch "$MICRO" \
       --device $DEVICE --repeats $REPEATS --warmup 2 --chip $chip \
       -o "$R/profiles/$chip/measured/$TAG.csv"
     touch "$R/done$p"
     if [ "$DRY" != 1 ]; then
+      # Until the others are done: the model's own training kernels (LOAD=gemm: matrix products).
+      LOAD_ARGS=(--model $MODEL --seq-len $SEQ --micro-batch "${MICRO%%,*}" --dtype $DTYPE)
+      for w in "${WORDS[@]}"; do LOAD_ARGS+=(--model-arg "$w"); done
+      [ "${LOAD:-model}" = gemm ] && LOAD_ARGS=()
       for o in "${SHARES[@]}"; do
-        [ -f "$R/done$o" ] || python3 experiments/profiling/gpu_load.py "$R/done$o"
+        [ -f "$R/done$o" ] || python3 experiments/profiling/gpu_load.py "$R/done$o" "${LOAD_ARGS[@]}"
       done
     fi
   ) > "$R/profile$p.log" 2>&1
 }
-rm -f "$R"/done*
+rm -f "$R"/done* "$R"/benched*
 pids=()
 for p in "${SHARES[@]}"; do client "$p" & pids+=($!); done
 wait "${pids[@]}"
