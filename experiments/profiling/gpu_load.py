@@ -27,7 +27,7 @@ import torch
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def _gemm_step() -> Callable[[], None]:
+def gemm_step() -> Callable[[], None]:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
 
@@ -38,7 +38,7 @@ def _gemm_step() -> Callable[[], None]:
     return step
 
 
-def _model_step(path: Path, words: list[str], *, seq_len: int, micro_batch: int,
+def model_step(path: Path, words: list[str], *, seq_len: int, micro_batch: int,
                 dtype: torch.dtype) -> Callable[[], None]:
     """One training micro-batch of the model in ``path`` (``build_model(**words)``)."""
     spec = importlib.util.spec_from_file_location("load_model", path)
@@ -70,14 +70,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--micro-batch", type=int, default=1)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--ready", type=Path, help="file to create once the load runs")
     args = parser.parse_args(argv)
-    step = (_model_step(args.model, args.model_arg, seq_len=args.seq_len,
+    step = (model_step(args.model, args.model_arg, seq_len=args.seq_len,
                         micro_batch=args.micro_batch, dtype=DTYPES[args.dtype])
-            if args.model is not None else _gemm_step())
+            if args.model is not None else gemm_step())
     start = time.time()
     while not os.path.exists(args.stop_file) and time.time() - start < args.limit_s:
         step()
         torch.cuda.synchronize()
+        if args.ready is not None and not args.ready.exists():
+            args.ready.touch()
 
 
 if __name__ == "__main__":
