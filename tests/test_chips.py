@@ -155,6 +155,16 @@ def test_user_chip_folder_is_picked_up(tmp_path: Path, library: dict[str, ChipSp
     assert chip.provenance["tflops_bf16"].confidence == "medium"
 
 
+def test_workspace_is_read_in_megabytes_with_a_documented_default(tmp_path: Path) -> None:
+    _write_chip(tmp_path, {**GOOD_CHIP, "workspace_mb": 12.5})
+    assert resolve_chip("MyChip", load_chip_library(extra_dirs=[tmp_path])
+                        ).workspace_bytes == pytest.approx(12.5e6)
+    other = tmp_path / "plain"
+    _write_chip(other, GOOD_CHIP)
+    default = resolve_chip("MyChip", load_chip_library(extra_dirs=[other])).workspace_bytes
+    assert default == 2 * 32 * 2**20  # two 32 MiB cuBLAS workspaces (docs/chips.md)
+
+
 def test_env_path_and_later_dir_replaces_shipped_chip(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     env_dir, user_dir = tmp_path / "env", tmp_path / "user"

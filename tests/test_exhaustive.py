@@ -231,7 +231,9 @@ def _compositions(total: int, parts: int, top: int):
 def _naive_best(model: ModelProfile, cluster: Cluster, training: TrainingConfig,
                 search: SearchConfig, costs=None) -> float:
     """Every plan the schema expresses — device indices, replica orders, share vectors,
-    recomputation per stage — each costed by ``evaluate_plan``."""
+    recomputation per stage — each checked for memory by ``evaluate_plan`` and costed by
+    ``closed_form_time``: the objective the exhaustive enumeration minimises (its
+    ``iteration_s``), which the schedule's simulation may undercut for some plans."""
     costs = costs or AnalyticCosts()
     n, g = model.num_layers, training.global_batch
     free = frozenset((node.name, i) for node in cluster.nodes for i in range(node.devices))
@@ -269,7 +271,8 @@ def _naive_best(model: ModelProfile, cluster: Cluster, training: TrainingConfig,
                             model=model, cluster=cluster, costs=costs)
                         pred = plan.prediction
                         if all(x.memory.fits for x in pred.stages):
-                            best = min(best, pred.iteration_s)
+                            best = min(best, closed_form_time(plan, model=model,
+                                                              cluster=cluster, costs=costs))
     return best
 
 

@@ -250,14 +250,15 @@ def test_chip_bench_and_calibration() -> None:
                            rate=rate, unit="", repeats=3, spread=0.0, device="Dev",
                            command="cmd", date="today")
 
-    measured = [bench("gemm", 500.0), bench("copy", 3000.0), bench("h2d", 50.0),
-                bench("d2h", 40.0)]
+    measured = [replace(bench("workspace", 0.0), size=67_108_864), bench("gemm", 500.0),
+                bench("copy", 3000.0), bench("h2d", 50.0), bench("d2h", 40.0)]
     base = {"name": "X", "tflops_bf16": 1000.0, "memory_bw_gbs": 4000.0,
             "compute_efficiency": 0.9}
     chip = calibrated_chip(measured, chip="X", base=base, command="cmd")
     assert chip["compute_efficiency"] == pytest.approx(0.5)
     assert chip["memory_efficiency"] == pytest.approx(0.75)
     assert chip["host_bw_gbs"] == pytest.approx(40.0)
+    assert chip["workspace_mb"] == pytest.approx(67.109)
     assert chip["provenance"]["compute_efficiency"]["confidence"] == "measured"
     assert "cmd" in chip["provenance"]["compute_efficiency"]["source"]
     fresh = calibrated_chip(measured, chip="X", base=None, command="cmd")

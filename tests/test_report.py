@@ -242,7 +242,7 @@ def test_report_shows_every_stage_layer_and_figure(tmp_path: Path) -> None:
             assert name in html
         mem = sp["memory"]
         total = sum(mem[k] for k in ("weights", "gradients", "optimizer", "activations",
-                                     "reserve"))
+                                     "workspace", "reserve"))
         assert f"{fmt_bytes(total)} / {fmt_bytes(mem['capacity'])}" in html
         assert fmt_seconds(sp["busy_s"]) in html
         assert f"{st['layer_start']}–{st['layer_end'] - 1}" in html
@@ -430,7 +430,8 @@ def test_report_of_a_searched_plan(tmp_path: Path) -> None:
             assert name in html
         mem = sp["memory"]
         total = sum(mem[k] for k in ("weights", "gradients", "optimizer", "activations",
-                                     "reserve"))
+                                     "workspace", "reserve"))
+        assert mem["workspace"] > 0  # the chip's library workspace is counted
         assert f"{fmt_bytes(total)} / {fmt_bytes(mem['capacity'])}" in html
     assert "uniform split" in html and "TFLOPS-proportional split" in html
     assert "Baselines not shown" not in html

@@ -80,6 +80,33 @@ def test_recompute_chosen_when_memory_needs_it():
     assert other.prediction.iteration_s >= plan.prediction.iteration_s * (1 - 1e-9)
 
 
+def test_library_workspace_is_predicted_and_kept_out_of_the_capacity():
+    """Every device holds the chips' library workspaces: the plan's memory counts them, and
+    a workspace that leaves too little room forces another plan (here: recomputation)."""
+    from dataclasses import replace
+
+    model = gpt_like_model(blocks=8, hidden=2048, seq=4096)
+    base = two_type_cluster(fast=1, slow=1, ratio=1.0, slow_mem_gb=40.0)
+    training = TrainingConfig(global_batch=8, memory_reserve_gb=1.0)
+    search = SearchConfig(micro_batch_sizes=(1, 2, 4, 8))
+    plan = search_plan(model=model, cluster=base, training=training, search=search)
+    for st, sp in zip(plan.stages, plan.prediction.stages, strict=True):
+        assert sp.memory.workspace == base.chips[st.chip].workspace_bytes > 0
+        assert sp.memory.allocated == pytest.approx(
+            sp.memory.weights + sp.memory.gradients + sp.memory.optimizer
+            + sp.memory.activations + sp.memory.workspace)
+    assert not any(st.recompute for st in plan.stages)
+    # The same devices with most of their memory held by a library: what was planned no
+    # longer fits beside it.
+    tight = replace(base, chips={k: replace(v, workspace_bytes=v.memory_bytes - 12e9)
+                                 for k, v in base.chips.items()})
+    again = evaluate_plan(plan, model=model, cluster=tight)
+    assert not all(sp.memory.fits for sp in again.prediction.stages)
+    other = search_plan(model=model, cluster=tight, training=training, search=search)
+    assert all(sp.memory.fits for sp in other.prediction.stages)
+    assert other.stages != plan.stages
+
+
 def test_no_feasible_plan_reports_numbers():
     model = gpt_like_model(blocks=8, hidden=8192, seq=1024)
     cluster = two_type_cluster(fast=1, slow=1, ratio=2.0, slow_mem_gb=8.0)

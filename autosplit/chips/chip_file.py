@@ -45,7 +45,7 @@ PROVENANCE_FIELDS: tuple[str, ...] = (
     "vendor", "tflops_bf16", "tflops_fp16", "tflops_fp32", "memory_gb", "memory_bw_gbs",
     "intra_node_link", "intra_node_bw_gbs", "collective_library", "compute_efficiency",
     "memory_efficiency", "host_bw_gbs", "supports_rdma", "intra_node_latency_us",
-    "kubernetes_resource",
+    "kubernetes_resource", "workspace_mb",
 )
 #: Dtypes a ``compute_surface.gemm`` may describe.
 SURFACE_DTYPES: tuple[str, ...] = ("bf16", "fp16", "fp32")
@@ -173,6 +173,11 @@ class ChipFile(BaseModel):
     intra_node_latency_us: Annotated[NonNegative, Hint("give microseconds, e.g. 5")] = Field(
         5.0, description="Fixed cost of one message over the intra-node link (alpha), "
                          "microseconds.")
+    workspace_mb: Annotated[NonNegative, Hint("give megabytes (1e6 B), e.g. 67.1")] = Field(
+        _default("workspace_bytes") / 1e6,
+        description="Memory the math libraries keep allocated on a training device beside "
+                    "its tensors, MB; default: two 32 MiB cuBLAS workspaces (forward and "
+                    "backward threads).")
     compute_surface: SurfaceEntry | None = Field(
         None, description="Measured GEMM efficiency surface, launch cost and streaming "
                           "fraction; absent: the default surface (low confidence).")
@@ -187,13 +192,15 @@ class ChipFile(BaseModel):
     def to_spec(self, name: str) -> ChipSpec:
         """The ``ChipSpec`` this entry describes, under ``name``."""
         fields = self.model_dump(exclude={"name", "provenance", "aliases", "description",
-                                          "intra_node_latency_us", "compute_surface"})
+                                          "intra_node_latency_us", "compute_surface",
+                                          "workspace_mb"})
         return ChipSpec(
             name=name, **fields, description=" ".join(self.description.split()),
             provenance={k: Provenance(source=p.source, confidence=p.confidence)
                         for k, p in self.provenance.items()},
             aliases=tuple(self.aliases),
             intra_node_latency_s=self.intra_node_latency_us * 1e-6,
+            workspace_bytes=self.workspace_mb * 1e6,
             surface=self.compute_surface.to_surface() if self.compute_surface else None)
 
 

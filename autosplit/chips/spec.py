@@ -55,6 +55,11 @@ class ChipSpec:
     aliases: tuple[str, ...] = ()
     #: Fixed cost of one message over the intra-node link (the α of α-β), seconds.
     intra_node_latency_s: float = 5e-6
+    #: Bytes the math libraries keep allocated on every device that trains, beside the
+    #: tensors (``profile-chip`` measures it). PyTorch gives cuBLAS(Lt) one workspace per
+    #: thread and stream, 32 MiB on Hopper (pytorch/pytorch#120925); training runs the
+    #: forward on the main thread and the backward on autograd's device thread, so two.
+    workspace_bytes: float = 2 * 32 * 2**20
     #: Measured efficiency per GEMM shape, launch cost and streaming fraction
     #: (``profile-chip``); ``None``: the documented default surface (low confidence).
     surface: ComputeSurface | None = None

@@ -22,14 +22,21 @@ gradients in the training dtype, plus fp32 master weights, m and v (12 bytes), w
 shards across the stage's data-parallel replicas. With full recomputation a stage keeps only
 each unit's input per micro-batch in flight, plus one unit's full activations while it
 recomputes it for the backward.
+
+Beside the tensors, every training device holds the math libraries' workspaces
+(``ChipSpec.workspace_bytes``, measured by ``profile-chip``), and the planner keeps
+``memory_reserve_gb`` free on top: ``unusable_bytes`` is the sum of the two, the part of a
+device's memory no stage may plan for.
 """
 
 from __future__ import annotations
 
+from autosplit.chips.spec import ChipSpec
 from autosplit.config import TrainingConfig
 from autosplit.cost.schedule import get_schedule
 
-__all__ = ["in_flight_micro_batches", "static_bytes_per_param", "optimizer_bytes_per_param"]
+__all__ = ["in_flight_micro_batches", "static_bytes_per_param", "optimizer_bytes_per_param",
+           "unusable_bytes"]
 
 
 def in_flight_micro_batches(*, schedule: str, stage: int, num_stages: int,
@@ -48,3 +55,9 @@ def optimizer_bytes_per_param(training: TrainingConfig, *, dp: int) -> float:
     """Optimizer-state bytes per parameter on one device (sharded over ``dp`` with ZeRO-1)."""
     per = float(training.optimizer_bytes_per_param)
     return per / dp if training.zero1 else per
+
+
+def unusable_bytes(chip: ChipSpec, training: TrainingConfig) -> float:
+    """Bytes of each device of ``chip`` that no stage may plan for: the libraries'
+    workspaces plus the reserve."""
+    return chip.workspace_bytes + training.memory_reserve_gb * 1e9

@@ -14,7 +14,11 @@ from dataclasses import dataclass, replace
 
 from autosplit.cluster.schema import Cluster
 from autosplit.config import TrainingConfig
-from autosplit.cost.memory import optimizer_bytes_per_param, static_bytes_per_param
+from autosplit.cost.memory import (
+    optimizer_bytes_per_param,
+    static_bytes_per_param,
+    unusable_bytes,
+)
 from autosplit.cost.pipeline import pipeline_time, tail_time
 from autosplit.cost.schedule import WEIGHT_GRAD_SHARE, get_schedule
 from autosplit.cost.schedule_sim import stage_times_from_prediction
@@ -141,7 +145,8 @@ def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: Mod
             memory=MemoryBreakdown(
                 weights=float(weights), gradients=float(grads), optimizer=float(optim),
                 activations=_float(act), reserve=training.memory_reserve_gb * 1e9,
-                capacity=lane.capacity + training.memory_reserve_gb * 1e9,
+                workspace=lane.chip.workspace_bytes,
+                capacity=lane.capacity + unusable_bytes(lane.chip, training),
             ),
             in_flight=c.in_flight,
             bwd_weight_s=WEIGHT_GRAD_SHARE * bwd,

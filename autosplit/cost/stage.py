@@ -17,7 +17,11 @@ from autosplit.chips.spec import ChipSpec
 from autosplit.cluster.schema import Cluster, Link, Node
 from autosplit.config import TrainingConfig
 from autosplit.cost.comm import allreduce_time, exposed_grad_reduce, group_bandwidth
-from autosplit.cost.memory import optimizer_bytes_per_param, static_bytes_per_param
+from autosplit.cost.memory import (
+    optimizer_bytes_per_param,
+    static_bytes_per_param,
+    unusable_bytes,
+)
 from autosplit.model.types import ModelProfile
 from autosplit.plan.schema import Replica
 from autosplit.protocols.cost import LayerCostProvider, LayerTiming
@@ -392,17 +396,17 @@ def make_context(*, cluster: Cluster, shape: StageShape, tables: StageTables, in
         link_out = cluster.link_between(last, cluster.node(nxt.node_names[0]))
         share_out = max(nxt.max_share, shape.max_share)
     dp_nodes = [cluster.node(r.node) for r in shape.replicas]
-    reserve = training.memory_reserve_gb * 1e9
     groups = lane_groups(cluster, shape)
     lanes: tuple[Lane, ...] = ()
     if len(groups) > 1:
         if lane_tables is None:
             raise ValueError("a stage mixing chips needs lane_tables")
-        lanes = tuple(Lane(chip=cluster.chips[c], capacity=cap - reserve, share=share,
+        lanes = tuple(Lane(chip=cluster.chips[c],
+                           capacity=cap - unusable_bytes(cluster.chips[c], training), share=share,
                            tables=lane_tables(c, node, share))
                       for c, node, share, cap in groups)
         tables = lanes[0].tables
-    capacity = groups[0][3] - reserve
+    capacity = groups[0][3] - unusable_bytes(cluster.chips[groups[0][0]], training)
     return StageContext(
         index=index, num_stages=num_stages, shape=shape, tables=tables,
         capacity=capacity,

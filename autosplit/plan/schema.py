@@ -104,7 +104,11 @@ class StagePlan:
 @with_config(_FILE)
 @dataclass(frozen=True)
 class MemoryBreakdown:
-    """Peak bytes on the most loaded device of a stage, and that device's capacity."""
+    """Peak bytes on the most loaded device of a stage, and that device's capacity.
+
+    ``workspace`` is what the math libraries keep allocated beside the tensors (the chip's
+    ``workspace_mb``; plans written before it was counted read 0); ``reserve`` is head-room
+    the planner keeps free, not memory anything allocates."""
 
     weights: float
     gradients: float
@@ -112,10 +116,17 @@ class MemoryBreakdown:
     activations: float
     reserve: float
     capacity: float
+    workspace: float = 0.0
+
+    @property
+    def allocated(self) -> float:
+        """What the device's allocator should peak at: everything but the reserve."""
+        return (self.weights + self.gradients + self.optimizer + self.activations
+                + self.workspace)
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.reserve
+        return self.allocated + self.reserve
 
     @property
     def fits(self) -> bool:

@@ -92,6 +92,11 @@ def calibrated_chip(results: Sequence[BenchResult], *, chip: str,
                                               4)
             note("memory_efficiency", f"device copy of {copy.size} bytes, read+write: "
                  f"{copy.rate:.1f} GB/s / memory_bw_gbs {float(data['memory_bw_gbs']):g}")
+    workspace = next((r for r in results if r.benchmark == "workspace"), None)
+    if workspace is not None:
+        data["workspace_mb"] = round(workspace.size / 1e6, 3)
+        note("workspace_mb", f"bytes held after a {workspace.dtype} product and its backward, "
+             f"beyond its tensors: {workspace.size}")
     host = [r for r in (best_rate(results, "h2d"), best_rate(results, "d2h")) if r is not None]
     if host:
         slowest = min(host, key=lambda r: r.rate)

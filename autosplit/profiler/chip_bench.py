@@ -10,8 +10,13 @@ device at hand, plus the host↔device copy bandwidth the CPU-relay path between
   warm cache; ``2·n³`` FLOPs each.
 - Memory: a large device-to-device copy, counting bytes read plus bytes written.
 - Host↔device: pinned host memory to the device and back.
+- Workspace (first, while the process has touched nothing else): the bytes the allocator
+  still holds after one matrix product and its backward, beyond the tensors themselves —
+  the math libraries' workspaces (cuBLAS keeps one per thread and stream, and the backward
+  runs on autograd's own thread). Every training process holds them once; only devices
+  whose allocator reports memory have the figure.
 
-Each figure is the median of ``repeats`` timed runs after ``warmup`` untimed ones.
+Each timing is the median of ``repeats`` timed runs after ``warmup`` untimed ones.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ class BenchResult:
     """One benchmark figure. ``rate`` is TFLOPS for ``gemm`` and GB/s (1e9 B/s) otherwise."""
 
     chip: str
-    benchmark: str  # "gemm" | "copy" | "h2d" | "d2h"
+    benchmark: str  # "gemm" | "copy" | "h2d" | "d2h" | "workspace"
     dtype: str
     size: int  # n of an n×n×n GEMM, or bytes per copy
     seconds: float
@@ -114,6 +119,21 @@ def _gemm(handle: DeviceHandle, n: int, dtype: str, settings: ChipBenchSettings
     return seconds / inner, spread
 
 
+def _storage_bytes(tensors: Sequence[torch.Tensor | None]) -> int:
+    return sum(t.untyped_storage().nbytes() for t in tensors if t is not None)
+
+
+def _workspace(handle: DeviceHandle, dtype: str) -> int:
+    """Bytes allocated after a product and its backward, minus the live tensors' bytes."""
+    before = handle.allocated()
+    torch_dtype = DTYPES[dtype]
+    x = torch.randn(1024, 1024, device=handle.device, dtype=torch_dtype, requires_grad=True)
+    w = torch.randn(1024, 1024, device=handle.device, dtype=torch_dtype, requires_grad=True)
+    (x @ w).sum().backward()
+    handle.synchronize()
+    return max(0, handle.allocated() - before - _storage_bytes([x, w, x.grad, w.grad]))
+
+
 def _copy(handle: DeviceHandle, nbytes: int, settings: ChipBenchSettings) -> tuple[float, float]:
     numel = nbytes // 4
     src = torch.rand(numel, device=handle.device)
@@ -153,6 +173,9 @@ def run_chip_bench(handle: DeviceHandle, *, chip: str, settings: ChipBenchSettin
         if progress is not None:
             progress(f"{benchmark} {dtype} {size}")
 
+    if handle.memory_available and not handle.is_cpu:
+        dtype = settings.gemm_dtypes[0]
+        add("workspace", dtype, _workspace(handle, dtype), 0.0, 0.0, 0.0, "B")
     for dtype in settings.gemm_dtypes:
         for n in settings.gemm_sizes:
             seconds, spread = _gemm(handle, n, dtype, settings)

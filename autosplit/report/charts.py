@@ -54,6 +54,7 @@ MEMORY_COLORS: dict[str, str] = {
     "gradients": "#76b7b2",
     "optimizer": "#f28e2b",
     "activations": "#e15759",
+    "workspace": "#9c755f",
     "reserve": "#bab0ac",
 }
 

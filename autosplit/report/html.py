@@ -286,7 +286,8 @@ def _memory_section(plan: Plan) -> str:
         rows.append(
             f'<tr><td>S{sp.index}</td><td>{_e(st.chip if st else "")}</td>'
             + "".join(f'<td class="num">{fmt_bytes(v)}</td>' for v in (
-                mem.weights, mem.gradients, mem.optimizer, mem.activations, mem.reserve,
+                mem.weights, mem.gradients, mem.optimizer, mem.activations, mem.workspace,
+                mem.reserve,
                 mem.total, mem.capacity))
             + f'<td class="num">{fmt_pct(mem.total / mem.capacity) if mem.capacity else "—"}'
               f'</td><td class="num">{sp.in_flight}</td>'
@@ -308,7 +309,7 @@ def _memory_section(plan: Plan) -> str:
     table = ""
     if rows:
         table = ('<table><tr><th>Stage</th><th>Chip</th><th>Weights</th><th>Gradients</th>'
-                 '<th>Optimizer</th><th>Activations</th><th>Reserve</th><th>Total</th>'
+                 '<th>Optimizer</th><th>Activations</th><th>Workspace</th><th>Reserve</th><th>Total</th>'
                  '<th>Capacity</th><th>Used</th><th>Micro-batches in flight</th>'
                  f'<th>Recompute</th><th>Fits</th></tr>{"".join(rows)}</table>')
     return (

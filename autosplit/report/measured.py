@@ -164,6 +164,6 @@ def compare_stages(plan: Plan, run: MeasuredRun) -> list[StageComparison]:
     out: list[StageComparison] = []
     for sp in sorted(plan.prediction.stages, key=lambda s: s.index):
         ranks = tuple(r.rank for r in run.per_rank if r.stage == sp.index)
-        out.append(StageComparison(sp.index, sp.memory.total - sp.memory.reserve,
+        out.append(StageComparison(sp.index, sp.memory.allocated,
                                    run.stage_peak_memory(sp.index), ranks))
     return out

@@ -4,10 +4,10 @@ Iteration time is compared with the median step after warm-up, and per stage the
 compute (forward, backward and recompute of all micro-batches) with what its slowest rank
 measured (``compute_timer``): where the iteration error comes from. A rank that runs several
 stages (virtual stages) times them together, so each of its stages is compared with the
-predicted compute of all the stages on that rank. Memory is compared per
-stage:
-the prediction's weights + gradients + optimizer states + activations (the reserve is head-room
-the planner keeps, not memory anything allocates) against the largest
+predicted compute of all the stages on that rank. Memory is compared per stage: the
+prediction's weights + gradients + optimizer states + activations + library workspaces
+(``MemoryBreakdown.allocated``; the reserve is head-room the planner keeps, not memory
+anything allocates) against the largest
 ``torch.cuda.max_memory_allocated`` among the stage's ranks. CPU runs have no comparable
 memory figure, so their memory rows show the measurement only.
 """
@@ -93,7 +93,7 @@ def compare(plan: Plan, measured: MeasuredRun, *, plan_path: str = "",
     for sp, stage in zip(pred.stages, plan.stages, strict=True):
         ranks = [r for r in measured.ranks if r.holds(stage.index)]
         mem = sp.memory
-        predicted_mem = mem.weights + mem.gradients + mem.optimizer + mem.activations
+        predicted_mem = mem.allocated
         peaks = [r.peak_memory_bytes for r in ranks if r.peak_memory_bytes is not None]
         measured_mem = float(max(peaks)) if peaks else None
         predicted_compute = plan.micro_batch_count * sum(

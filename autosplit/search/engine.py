@@ -33,7 +33,7 @@ import numpy as np
 from autosplit.cluster.schema import Cluster
 from autosplit.config import SearchConfig, TrainingConfig
 from autosplit.cost.analytic import AnalyticCosts
-from autosplit.cost.memory import in_flight_micro_batches
+from autosplit.cost.memory import in_flight_micro_batches, unusable_bytes
 from autosplit.errors import NoFeasiblePlanError
 from autosplit.model.types import ModelProfile
 from autosplit.plan.schema import Plan
@@ -698,14 +698,15 @@ def _every_device(cache: TableCache, pools: list[Pool], groups: list[DeviceGroup
 def _check_static_memory(model: ModelProfile, cluster: Cluster, training: TrainingConfig) -> None:
     per_param = 2.0 * training.dtype_bytes + training.optimizer_bytes_per_param
     need = model.total_params * per_param
-    have = sum(n.devices * (cluster.device_memory_bytes(n) - training.memory_reserve_gb * 1e9)
+    have = sum(n.devices * (cluster.device_memory_bytes(n)
+                            - unusable_bytes(cluster.chips[n.chip], training))
                for n in cluster.nodes)
     if not training.zero1 and need > have:
         raise NoFeasiblePlanError(
             f"weights, gradients and optimizer states need {need / 1e12:.2f} TB "
             f"({model.total_params / 1e9:.1f} B parameters × {per_param:.0f} bytes); the cluster "
             f"has {have / 1e12:.2f} TB usable ({cluster.num_devices} devices, "
-            f"{training.memory_reserve_gb} GB reserved each)",
+            f"{training.memory_reserve_gb} GB reserved and the libraries' workspaces each)",
             fix="add devices, enable --zero1, or choose a smaller model")
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from autosplit.cluster.schema import Cluster, Link
 from autosplit.config import SearchConfig, TrainingConfig
+from autosplit.cost.memory import unusable_bytes
 from autosplit.cost.stage import (
     StageTables,
     build_tables,
@@ -121,7 +122,6 @@ def _price(cache: TableCache, pools: list[Pool], option: StageOption, rng: Range
     i, j = rng.start, rng.end
     busy = np.zeros(rng.size)
     kmax = np.full(rng.size, ALWAYS_FITS, dtype=np.int64)
-    reserve = training.memory_reserve_gb * 1e9
     dp = option.replicas
     slowest_bw = min(cache.cluster.chips[pools[ln.pool].chip].achievable_bytes_per_s()
                      for ln in option.lanes)
@@ -131,13 +131,15 @@ def _price(cache: TableCache, pools: list[Pool], option: StageOption, rng: Range
         static, per, work = memory_terms(t, tp=option.tp, dp=dp, share=lane.share,
                                          training=training, i=i, j=j,
                                          recompute=option.recompute)
-        room = pools[lane.pool].memory_bytes - reserve - static - work
+        usable = (pools[lane.pool].memory_bytes
+                  - unusable_bytes(cache.cluster.chips[pools[lane.pool].chip], training))
+        room = usable - static - work
         with np.errstate(divide="ignore", invalid="ignore"):
             k = np.where(per > 0, np.floor(room / np.where(per > 0, per, 1.0)), ALWAYS_FITS)
         k = np.where(room < 0, NEVER_FITS, np.minimum(k, ALWAYS_FITS)).astype(np.int64)
         # Floating-point guard: the count must satisfy the same test evaluate applies.
         over = (k > 0) & (k < ALWAYS_FITS) & (static + k * per + work
-                                             > pools[lane.pool].memory_bytes - reserve)
+                                             > usable)
         k = np.where(over, k - 1, k)
         kmax = np.minimum(kmax, k)
     t0 = cache.tables(option.lanes[0].pool, option.tp, option.lanes[0].share)

@@ -10,8 +10,11 @@ model's training step (forward, loss, backward of one micro-batch, CUDA events, 
 model's step in a loop (``experiments/profiling/gpu_load.py --model``):
 
     python3 experiments/runtime/contention_bench.py --shares 90 20 10 \\
-        --model experiments/models/gpt.py --model-arg size=2.7b --model-arg layers=4 \\
+        --model experiments/models/gpt.py --model-arg size=2.7b --model-arg layers=8 \\
         -o contention.json
+
+It needs the MPS daemon running (``contention_h200.sh`` starts it): without it the clients
+time-slice the whole GPU, every share runs alike and one neighbour doubles the step.
 
 Prints one line per (target, load) and writes them as JSON: milliseconds per step and the
 ratio to the same share alone.
