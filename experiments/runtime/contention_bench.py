@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--no-single", action="store_true",
+                        help="only alone and next to every other share (not one at a time)")
     parser.add_argument("--time", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-o", "--output", type=Path)
     ns = parser.parse_args(argv)
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         for target in ns.shares:
             others = [s for s in ns.shares if s != target]
             alone = None
-            for load in ([], *([o] for o in others), others) if len(others) > 1 else ([], others):
+            singles = [] if ns.no_single else [[o] for o in others]
+            for load in ([], *singles, others) if len(others) > 1 else ([], others):
                 row = _measure(ns, target, list(load), Path(tmp))
                 alone = alone or row["ms"]
                 row["ratio"] = row["ms"] / alone
