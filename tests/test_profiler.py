@@ -451,3 +451,21 @@ def test_profile_records_the_load_it_ran_under(tmp_path: Path) -> None:
     rows = read_rows(out)
     assert rows and {r.load for r in rows} == {note}
     assert all("--load" in r.command and r.rounds == 1 for r in rows)
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_timed_backwards_add_into_existing_weight_gradients(accumulate: bool) -> None:
+    """Training's micro-batches after the first add into the weight gradients; the profile
+    times that backward by default, and the first micro-batch's with ``accumulate=False``.
+    The hook runs before autograd stores the new gradient, so it sees what was there."""
+    handle = open_device("cpu")
+    layer = torch.nn.Linear(8, 8)
+    x = torch.randn(4, 8, requires_grad=True)
+    seen: list[bool] = []
+    layer.weight.register_hook(lambda g: seen.append(layer.weight.grad is not None))
+    time_piece(handle, lambda: layer(x), params=list(layer.parameters()), leaves=[x],
+               warmup=1, repeats=4, recompute=True, accumulate=accumulate)
+    timed = seen[2:]  # the warm-up's backward and its recompute backward come first
+    assert len(timed) == 8
+    assert all(timed) if accumulate else not any(timed)
+    assert layer.weight.grad is None and x.grad is None  # nothing left behind

@@ -115,6 +115,10 @@ def profile(
                                      "median) is above this (0.03 = 3 %)."),
     max_rounds: int = typer.Option(5, "--max-rounds", min=1, max=100, help="At most this many "
                                    "sets of --repeats runs per unit and micro-batch."),
+    fresh_grads: bool = typer.Option(False, "--fresh-grads", help="Time each backward into "
+                                     "freshly allocated weight gradients (a step's first "
+                                     "micro-batch) instead of adding into existing ones (every "
+                                     "later micro-batch, the default)."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: PyTorch's "
                                 "default)."),
     load: str = typer.Option("", "--load", help="What the device's other clients ran "
@@ -139,7 +143,7 @@ def profile(
     settings = ProfileSettings(micro_batches=_int_list(micro_batch, "--micro-batch"),
                                tps=_int_list(tp, "--tp"), seq_len=seq_len, dtype=dtype,
                                repeats=repeats, warmup=warmup, max_spread=max_spread,
-                               max_rounds=max_rounds)
+                               max_rounds=max_rounds, accumulate_grads=not fresh_grads)
     handle = open_device(device)
     _apply_threads(threads)
     chip_name = chip or _default_chip(handle)
@@ -149,7 +153,7 @@ def profile(
          "--tp", ",".join(map(str, settings.tps)), "--seq-len", str(seq_len),
          "--dtype", dtype, *[f"--model-arg={k}={v}" for k, v in sorted(args.items())],
          "--repeats", str(repeats), "--warmup", str(warmup), "--max-spread", str(max_spread),
-         "--max-rounds", str(max_rounds),
+         "--max-rounds", str(max_rounds), *(["--fresh-grads"] if fresh_grads else []),
          *(["--threads", str(threads)] if threads else []),
          *(["--load", load] if load else []), "-o", str(output)])
     _console.print(f"ingesting {model} …")
@@ -208,6 +212,10 @@ def profile_chip(
     chip: str = typer.Option("", "--chip", help="Chip name (default: derived from the device)."),
     repeats: int = typer.Option(10, "--repeats", min=1),
     warmup: int = typer.Option(3, "--warmup", min=0),
+    fresh_grads: bool = typer.Option(False, "--fresh-grads", help="Time each backward into "
+                                     "freshly allocated weight gradients (a step's first "
+                                     "micro-batch) instead of adding into existing ones (every "
+                                     "later micro-batch, the default)."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: default)."),
     output: Path = typer.Option(..., "--output", "-o", help="CSV file for the results."),
     write_chip: bool = typer.Option(False, "--write-chip", help="Write a calibrated chip.yaml "

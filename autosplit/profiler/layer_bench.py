@@ -70,6 +70,9 @@ class ProfileSettings:
     max_spread: float = 0.03
     #: … up to this many sets (the one with the smallest spread is kept).
     max_rounds: int = 5
+    #: Backwards add into existing weight gradients (a step's later micro-batches); ``False``:
+    #: into fresh ones (its first), as profiles before 2026-12 were timed.
+    accumulate_grads: bool = True
 
 
 class ProgressSink(Protocol):
@@ -383,7 +386,8 @@ class _Profiler:
         s = self.settings
         times = time_piece(self.handle, piece.forward, params=piece.params,
                            leaves=piece.leaves, warmup=s.warmup, repeats=s.repeats,
-                           max_spread=s.max_spread, max_rounds=s.max_rounds)
+                           max_spread=s.max_spread, max_rounds=s.max_rounds,
+                           accumulate=s.accumulate_grads)
         constants = [*piece.constants, *self.model.buffers()]
         memory = measure_memory(self.handle, piece.forward, params=piece.params,
                                 leaves=piece.leaves, constants=constants)

@@ -2,7 +2,9 @@
 
 The same routine times a transformer block, a chain of head modules or a lone Linear, so every
 figure in the profile store is measured the same way: warm-up runs first (kernel selection,
-allocator growth, lazy initialisation stay out of the numbers), then ``repeats`` runs, of which
+allocator growth, lazy initialisation stay out of the numbers; the weight gradients exist
+from then on, so every timed backward accumulates into them as training's micro-batches do),
+then ``repeats`` runs, of which
 the median is kept and the interquartile range over the median is reported as the spread; a set
 of runs whose spread is above the target is taken again (see ``time_piece``). Times are read
 from the device's timing events where it has them (``Stopwatch``), else from the host clock.
@@ -96,12 +98,15 @@ class _Samples:
 
 def _runs(watch: Stopwatch, forward: Callable[[], torch.Tensor], *,
           params: Sequence[torch.Tensor], leaves: Sequence[torch.Tensor], count: int,
-          recompute: bool, grads: dict[tuple[int, ...], torch.Tensor]) -> _Samples:
+          recompute: bool, grads: dict[tuple[int, ...], torch.Tensor],
+          accumulate: bool) -> _Samples:
     """``count`` runs of forward, backward and (with ``recompute``) checkpointed
-    forward + backward; marks 0-1 the forward, 1-2 the backward, 3-4 the recompute backward."""
+    forward + backward; marks 0-1 the forward, 1-2 the backward, 3-4 the recompute backward.
+    ``accumulate``: the parameters keep their gradients, so each backward adds into them."""
     samples = _Samples(fwd=[], bwd=[], rc=[])
+    cleared = leaves if accumulate else (*params, *leaves)
     for _ in range(count):
-        _clear_grads(params, leaves)
+        _clear_grads((), cleared)
         watch.start()
         out = forward()
         watch.mark()
@@ -109,7 +114,7 @@ def _runs(watch: Stopwatch, forward: Callable[[], torch.Tensor], *,
         watch.mark()
         del out
         if recompute:
-            _clear_grads(params, leaves)
+            _clear_grads((), cleared)
             out = checkpoint(forward, use_reentrant=False)
             watch.mark()
             _backward(out, grads)
@@ -133,19 +138,26 @@ def _summary(samples: _Samples, *, recompute: bool, timer: str, rounds: int) -> 
 def time_piece(handle: DeviceHandle, forward: Callable[[], torch.Tensor], *,
                params: Sequence[torch.Tensor], leaves: Sequence[torch.Tensor] = (),
                warmup: int, repeats: int, recompute: bool = True, max_spread: float = 0.0,
-               max_rounds: int = 1) -> PhaseTimes:
+               max_rounds: int = 1, accumulate: bool = True) -> PhaseTimes:
     """Time ``forward`` (returning a tensor to backpropagate from) and its backward.
 
-    ``params`` and ``leaves`` (inputs that need gradients) have their gradients cleared before
-    every run so each backward allocates them afresh, as the first micro-batch of a step does.
+    ``leaves`` (inputs that need gradients) have their gradients cleared before every run, as
+    every micro-batch brings new inputs. ``params`` keep theirs (``accumulate``): each timed
+    backward adds its weight gradients into existing ones, as every micro-batch of a step but
+    the first does — a read and a write of every gradient more than a backward into fresh
+    ones, which is what a step of many micro-batches mostly runs (``accumulate=False``: the
+    first micro-batch's backward, gradients allocated afresh every run).
     A set of ``repeats`` runs whose spread is above ``max_spread`` is taken again, up to
     ``max_rounds`` sets: a neighbour's burst or a clock change spoils one set, not the next;
     the set with the smallest spread is kept, and ``rounds`` says how many were taken.
     """
     watch = Stopwatch(handle)
     grads: dict[tuple[int, ...], torch.Tensor] = {}
-    common = {"params": params, "leaves": leaves, "recompute": recompute, "grads": grads}
-    _runs(watch, forward, count=warmup, **common)
+    common = {"params": params, "leaves": leaves, "recompute": recompute, "grads": grads,
+              "accumulate": accumulate}
+    # With accumulation, one untimed backward at least: the timed ones find gradients to add to.
+    _clear_grads(params, leaves)
+    _runs(watch, forward, count=max(warmup, 1 if accumulate else 0), **common)
     best = _summary(_runs(watch, forward, count=repeats, **common), recompute=recompute,
                     timer=watch.kind, rounds=1)
     for rounds in range(2, max_rounds + 1):
