@@ -90,8 +90,11 @@ _BOUND_BLOCK = 12
 #: Bounds are tightened only for counts that keep the gap above this.
 _GAP_GOAL = 0.005
 #: A pipeline is priced exactly only if its compute-only estimate is below the best plan
-#: times this (the exact layer split can rebalance it, transfers and tail add to it).
-_ESTIMATE_SLACK = 1.05
+#: times this (the exact layer split can rebalance it, transfers and tail add to it). At 1.05
+#: the exhaustive referee found best plans whose estimates were 5-30 % above the first plan
+#: never priced (experiments/bench/exhaustive_cases.yaml: estimate-…, ends-…); at 1.3 the
+#: 128-device headline prices one pipeline more.
+_ESTIMATE_SLACK = 1.3
 #: Pipelines priced per threshold above the least one, each ending in a different state.
 _ALTERNATIVES = 3
 #: Counts with options the seed tries before it leaves the first plan to the full search.
