@@ -212,10 +212,6 @@ def profile_chip(
     chip: str = typer.Option("", "--chip", help="Chip name (default: derived from the device)."),
     repeats: int = typer.Option(10, "--repeats", min=1),
     warmup: int = typer.Option(3, "--warmup", min=0),
-    fresh_grads: bool = typer.Option(False, "--fresh-grads", help="Time each backward into "
-                                     "freshly allocated weight gradients (a step's first "
-                                     "micro-batch) instead of adding into existing ones (every "
-                                     "later micro-batch, the default)."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: default)."),
     output: Path = typer.Option(..., "--output", "-o", help="CSV file for the results."),
     write_chip: bool = typer.Option(False, "--write-chip", help="Write a calibrated chip.yaml "

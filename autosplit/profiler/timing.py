@@ -104,9 +104,9 @@ def _runs(watch: Stopwatch, forward: Callable[[], torch.Tensor], *,
     forward + backward; marks 0-1 the forward, 1-2 the backward, 3-4 the recompute backward.
     ``accumulate``: the parameters keep their gradients, so each backward adds into them."""
     samples = _Samples(fwd=[], bwd=[], rc=[])
-    cleared = leaves if accumulate else (*params, *leaves)
+    cleared = () if accumulate else params
     for _ in range(count):
-        _clear_grads((), cleared)
+        _clear_grads(cleared, leaves)
         watch.start()
         out = forward()
         watch.mark()
@@ -114,7 +114,7 @@ def _runs(watch: Stopwatch, forward: Callable[[], torch.Tensor], *,
         watch.mark()
         del out
         if recompute:
-            _clear_grads((), cleared)
+            _clear_grads(cleared, leaves)
             out = checkpoint(forward, use_reentrant=False)
             watch.mark()
             _backward(out, grads)

@@ -16,10 +16,8 @@ python3 $P no_mps 2048,4096 >> "$OUT/probe.jsonl"
 python3 -m autosplit run experiments/runtime/plan_searched_70_20.json experiments/models/gpt.py \
   --device cuda --backend gloo --cuda-devices 0,0 --steps 4 --warmup 1 --timeout 150 \
   -o "$OUT/measured_searched_70_20_nomps.json" >> "$OUT/run.log" 2>&1 || echo "== run failed" >> "$OUT/run.log"
-export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
-mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-nvidia-cuda-mps-control -d
-trap 'echo quit | nvidia-cuda-mps-control' EXIT
+# shellcheck source=experiments/runtime/mps_daemon.sh
+source experiments/runtime/mps_daemon.sh
 for p in 100 70 20; do
   CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=$p python3 $P mps$p 2048,4096 >> "$OUT/probe.jsonl"
 done

@@ -10,10 +10,9 @@ read -r -a WORDS <<< "${MODEL_ARGS:-size=2.7b layers=8 hidden=2048 heads=16}"
 MODEL=${MODEL_FILE:-experiments/models/gpt.py}
 ARGS=()
 for w in "${WORDS[@]}"; do ARGS+=(--model-arg "$w"); done
-export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
-mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY" "$OUT"
-nvidia-cuda-mps-control -d
-trap 'echo quit | nvidia-cuda-mps-control' EXIT
+mkdir -p "$OUT"
+# shellcheck source=experiments/runtime/mps_daemon.sh
+source experiments/runtime/mps_daemon.sh
 name=contention_$(IFS=_; echo "${SHARES[*]}")_$(basename "$MODEL" .py).json
 timeout 400 python3 experiments/runtime/contention_bench.py --shares "${SHARES[@]}" \
   --model "$MODEL" "${ARGS[@]}" --repeats "${REPEATS:-8}" -o "$OUT/$name"

@@ -14,10 +14,8 @@ mkdir -p "$R"
 ARGS=()
 for w in "${WORDS[@]}"; do ARGS+=(-a "$w"); done
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 AUTOSPLIT_CACHE_DIR=/tmp/autosplit-cache
-export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
-mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-nvidia-cuda-mps-control -d
-trap 'echo quit | nvidia-cuda-mps-control' EXIT
+# shellcheck source=experiments/runtime/mps_daemon.sh
+source experiments/runtime/mps_daemon.sh
 for p in "${SHARES[@]}"; do
   for mode in fresh accumulate; do
     flag=()

@@ -7,10 +7,8 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/autosplit-out}
 mkdir -p "$OUT"
-export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
-mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-nvidia-cuda-mps-control -d
-trap 'echo quit | nvidia-cuda-mps-control' EXIT
+# shellcheck source=experiments/runtime/mps_daemon.sh
+source experiments/runtime/mps_daemon.sh
 P=experiments/runtime/mps_gemm_probe.py
 for p in ${PERCENTAGES:-100 90 85 80 75 70 66 60 50 40 33}; do
   CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=$p python3 $P alone >> "$OUT/sweep.jsonl"

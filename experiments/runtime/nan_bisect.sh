@@ -29,10 +29,8 @@ print("   loss", loss, "finite" if loss and all(map(math.isfinite, loss)) else "
 PY
 }
 case_run no_mps
-export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
-mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-nvidia-cuda-mps-control -d
-trap 'echo quit | nvidia-cuda-mps-control' EXIT
+# shellcheck source=experiments/runtime/mps_daemon.sh
+source experiments/runtime/mps_daemon.sh
 case_run mps_100 --rank-env 0:CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100 \
   --rank-env 1:CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100
 case_run mps_25_75 --rank-env 0:CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25 \

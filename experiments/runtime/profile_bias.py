@@ -31,6 +31,14 @@ def _units_ms(path: Path, layers: int) -> float | None:
     return total
 
 
+def _cell(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "—" if a is None or not b else f"{a / b:.3f}"
+
+
 def main(argv: list[str]) -> int:
     folder = Path(argv[0])
     words = dict(w.split("=", 1) for w in argv[1:])
@@ -47,15 +55,9 @@ def main(argv: list[str]) -> int:
         pa = _units_ms(folder / f"profile_alone_{share}.csv", layers)
         pl = _units_ms(folder / f"profile_loaded_{share}.csv", layers)
 
-        def cell(x: float | None) -> str:
-            return "—" if x is None else f"{x:.1f}"
-
-        def ratio(a: float | None, b: float | None) -> str:
-            return "—" if a is None or not b else f"{a / b:.3f}"
-
-        print(f"| {share} % | {cell(s.get('alone'))} | {cell(pa)} | {ratio(pa, s.get('alone'))} "
-              f"| {cell(s.get('loaded'))} | {cell(pl)} | {ratio(pl, s.get('loaded'))} "
-              f"| {ratio(s.get('loaded'), s.get('alone'))} | {ratio(pl, pa)} |")
+        print(f"| {share} % | {_cell(s.get('alone'))} | {_cell(pa)} | {_ratio(pa, s.get('alone'))} "
+              f"| {_cell(s.get('loaded'))} | {_cell(pl)} | {_ratio(pl, s.get('loaded'))} "
+              f"| {_ratio(s.get('loaded'), s.get('alone'))} | {_ratio(pl, pa)} |")
     return 0
 
 

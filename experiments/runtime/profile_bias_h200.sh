@@ -21,10 +21,8 @@ LOAD_ARGS=(--model "$MODEL" --seq-len "$SEQ")
 PROF_ARGS=()
 for w in "${WORDS[@]}"; do LOAD_ARGS+=(--model-arg "$w"); PROF_ARGS+=(-a "$w"); done
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 AUTOSPLIT_CACHE_DIR=/tmp/autosplit-cache
-export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
-mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-nvidia-cuda-mps-control -d
-trap 'echo quit | nvidia-cuda-mps-control' EXIT
+# shellcheck source=experiments/runtime/mps_daemon.sh
+source experiments/runtime/mps_daemon.sh
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$R/run.log"; }
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" > "$R/env.txt" 2>&1
@@ -33,7 +31,7 @@ timeout 300 python3 experiments/runtime/contention_bench.py --shares "${SHARES[@
   "${LOAD_ARGS[@]}" --repeats "${REPEATS:-8}" -o "$R/contention.json" 2>&1 | tee -a "$R/run.log"
 stamp "steps timed"
 
-profile() {  # $1 = share, $2 = alone | loaded
+profile() {  # $1 = share, $2 = alone | loaded, $3 = what the others ran (--load)
   CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=$1 timeout 120 python3 -m autosplit profile "$MODEL" \
     "${PROF_ARGS[@]}" --seq-len "$SEQ" --dtype bf16 --micro-batch 1 --device cuda \
     --chip "h200-mps$1" --repeats 5 --warmup 2 --load "$3" -o "$R/profile_$2_$1.csv" \

@@ -28,10 +28,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,memory.tota
   > "$R/env.txt" 2>&1
 python3 -c "import torch;print(torch.__version__, torch.version.cuda)" >> "$R/env.txt" 2>&1
 
-export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
-mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-nvidia-cuda-mps-control -d
-trap 'echo quit | nvidia-cuda-mps-control' EXIT
+# shellcheck source=experiments/runtime/mps_daemon.sh
+source experiments/runtime/mps_daemon.sh
 
 # ---- 1. GEMM probe -------------------------------------------------------------------------
 setting_env() {

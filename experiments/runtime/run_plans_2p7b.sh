@@ -8,10 +8,8 @@ set -uo pipefail
 OUT=${OUT:-/tmp/autosplit-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
-mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-nvidia-cuda-mps-control -d
-trap 'echo quit | nvidia-cuda-mps-control' EXIT
+# shellcheck source=experiments/runtime/mps_daemon.sh
+source experiments/runtime/mps_daemon.sh
 T0=$(date +%s)
 for name in searched uniform; do
   plan="experiments/runtime/plan_${name}_2p7b.json"
