@@ -73,7 +73,8 @@ class SearchConfig:
     micro_batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
     #: Upper bound on pipeline depth; 0 means "as many stages as layers allow".
     max_stages: int = 0
-    #: Tensor-parallel degrees allowed (each must divide the node's device count).
+    #: Tensor-parallel degrees allowed (a TP group lives in one node; a degree that does not
+    #: divide a node leaves its other devices to smaller groups, ``search.packing``).
     tp_degrees: tuple[int, ...] = (1, 2, 4, 8)
     #: Allow plans that leave some devices idle when that is faster.
     allow_idle: bool = True

@@ -416,12 +416,6 @@ def _check_referee(gap: SearchGap, model: ModelProfile, cluster: Cluster) -> Non
     assert 0 < gap.balance <= 1
 
 
-#: Fixed cases the current search misses by more than GAP_LIMIT (experiments/bench/
-#: exhaustive.py prints the gaps).
-V1_MISSES = {"per-stage-dp-h100x2-a100x2-gpt8l", "per-stage-dp-h100x2-a100x2-gpt8l-g32",
-             "recompute-h100x1-a100x2-gpt6l-s8192", "sandwich-h100x1-a100x2-gpt6l"}
-
-
 @pytest.mark.parametrize("name", [c.name for c in FIXED])
 def test_referee_holds_on_fixed_cases(name: str) -> None:
     model, cluster = ingest_case(next(c for c in FIXED if c.name == name))

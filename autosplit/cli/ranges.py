@@ -87,15 +87,16 @@ LIST_HIGH: dict[str, int] = {"--tp": 1024, "--micro-batch-sizes": 65_536}
 
 def check_tp_degrees(degrees: tuple[int, ...], node_devices: dict[str, int], *,
                      option: str = "--tp") -> None:
-    """Every TP degree asked for must divide the device count of at least one node: a TP
-    group lives inside one node, so any other degree can never be used and would only show
-    up later as a false reason for finding no plan."""
+    """Every TP degree asked for must fit in at least one node: a TP group lives inside one
+    node, so a larger degree can never be used and would only show up later as a false
+    reason for finding no plan. (A degree need not divide the node: TP 2 on nodes of 3 leaves
+    the third device to a smaller group.)"""
+    largest = max(node_devices.values(), default=0)
     for t in degrees:
-        if not any(n % t == 0 for n in node_devices.values()):
+        if t > largest:
             sizes = ", ".join(f"{name}: {n}" for name, n in sorted(node_devices.items()))
-            usable = sorted({d for n in node_devices.values() for d in range(1, n + 1)
-                             if n % d == 0})
-            raise BadInputError(f"TP degree {t} divides no node's device count ({sizes}); a "
+            usable = [2**k for k in range(11) if 2**k <= largest]
+            raise BadInputError(f"TP degree {t} is larger than every node ({sizes}); a "
                                 "TP group must fit inside one node", field=option,
                                 fix=f"pass {option} with values from "
                                     + ",".join(map(str, usable)))

@@ -71,7 +71,7 @@ def fluid_bound(cache: TableCache, pools: Sequence[Pool], *, micro_batches: int,
         g = p.devices_per_node
         best = None
         for t in sorted(set(search.tp_degrees)):
-            if t > g or g % t:
+            if t > g:
                 continue
             for q in range(qmin, min(qmax, b) + 1):
                 busy = _unit_busy(cache, p.index, t, q)

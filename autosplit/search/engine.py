@@ -24,6 +24,7 @@ the least over the counts of what their orders' least thresholds and the fluid r
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -60,7 +61,7 @@ from autosplit.search.pipeline_dp import (
 from autosplit.search.plan_build import build_plan
 from autosplit.search.polish import polish
 from autosplit.search.progress import SearchProgress, search_progress
-from autosplit.search.repick import upgrade_options
+from autosplit.search.repick import Hop, repick_options, upgrade_options
 
 __all__ = ["search_plan", "SearchOutcome"]
 
@@ -202,6 +203,9 @@ class _CountSearch:
         self.menu = _restricted(build_menu(cache, groups, micro_batch_samples=self.b,
                                            search=search, check=budget.check), design)
         self.capacity = np.array([p.num_devices for p in pools], dtype=np.int64)
+        #: the device counts and the slot limits of TP groups that do not divide a node
+        #: (``packing``): level 3 respects both, the programme the device counts only
+        self.limits = self.menu.limits_of(self.capacity)
         self.in_flight = _in_flight(cache.training, micro_batches, max_stages)
         self.problem = PipelineProblem(menu=self.menu, groups=tuple(groups),
                                        in_flight=self.in_flight, capacity=self.capacity)
@@ -387,8 +391,9 @@ class _CountSearch:
             return next((s for s in self.outcome.kept.values()
                          if (s.micro_batches, s.options) == key), None)
 
-        return polish(sol, menu=self.menu, in_flight=self.in_flight, capacity=self.capacity,
+        return polish(sol, menu=self.menu, in_flight=self.in_flight, capacity=self.limits,
                       use_all=not self.search.allow_idle, price=price,
+                      upgrade=lambda stages: self._upgrade(tuple(stages)),
                       exhausted=lambda: self.budget.exhausted,
                       repick_time=_POLISH_TIME, seconds_left=self.budget.seconds_left)
 
@@ -402,9 +407,7 @@ class _CountSearch:
             if not path or key in seen:
                 continue
             seen.add(key)
-            picked, estimate = upgrade_options(self.menu, path, in_flight=self.in_flight,
-                                               capacity=self.capacity, micro_batches=self.m,
-                                               use_all=not self.search.allow_idle)
+            picked, estimate = self._upgrade(path)
             if picked is None:
                 continue
             options = tuple(self.menu.options[o] for o in picked)
@@ -415,6 +418,44 @@ class _CountSearch:
             if estimate > self.outcome.incumbent * _ESTIMATE_SLACK:
                 break
             self._assemble(list(options), spans)
+
+    def _upgrade(self, path: tuple[Stage, ...]) -> tuple[list[int] | None, float]:
+        """``upgrade_options`` on a programme pipeline. Where its TP groups do not pack into
+        the nodes (the programme counts devices, not slots), the options are first
+        re-chosen under every limit (CP-SAT, exact), then upgraded."""
+        use_all = not self.search.allow_idle
+        hops = self._hops(path)
+        picked, estimate = upgrade_options(self.menu, path, in_flight=self.in_flight,
+                                           capacity=self.limits, micro_batches=self.m,
+                                           use_all=use_all, hops=hops)
+        if picked is not None or not self.menu.limits:
+            return picked, estimate
+        fits = repick_options(self.menu, path, in_flight=self.in_flight, capacity=self.limits,
+                              micro_batches=self.m, use_all=use_all, any_group=False,
+                              deterministic_time=_POLISH_TIME,
+                              wall_limit_s=self.budget.seconds_left())
+        if fits is None:
+            return None, math.inf
+        repacked = tuple(replace(st, option=o) for st, o in zip(path, fits, strict=True))
+        return upgrade_options(self.menu, repacked, in_flight=self.in_flight,
+                               capacity=self.limits, micro_batches=self.m, use_all=use_all,
+                               hops=hops)
+
+    def _hops(self, path: Sequence[Stage]) -> tuple[Hop, ...]:
+        """The boundaries of ``path`` for the upgrade's estimate: between stages of one pool
+        the node's own link (placement keeps a pool's boundaries inside nodes where it can),
+        else the link between the two pools' nodes."""
+        cluster, layers = self.cache.cluster, self.cache.model.layers
+        out = []
+        for a, b in itertools.pairwise(path):
+            src = self.pools[self.groups[a.group].pools[-1]]
+            dst = self.pools[self.groups[b.group].pools[0]]
+            link = cluster.link_between(src.node, dst.node if dst.index != src.index
+                                        else src.node)
+            out.append(Hop(bytes_per_sample=float(layers[a.end - 1].output_bytes),
+                           latency_s=link.latency_s, bytes_per_s=link.bw_gbs * 1e9,
+                           blocking=link.kind == "cpu_relay"))
+        return tuple(out)
 
     def _assemble(self, options: list[StageOption],
                   spans: list[tuple[int, int]] | None) -> None:
@@ -466,7 +507,8 @@ def _restricted(menu: Menu, design: _Design) -> Menu:
                 options=tuple(o for o, k in zip(menu.options, keep, strict=True) if k),
                 group=menu.group[keep], devices=menu.devices[keep], share=menu.share[keep],
                 busy=menu.busy[keep], kmax=menu.kmax[keep], tail=menu.tail[keep],
-                ranges=menu.ranges)
+                ranges=menu.ranges, limits=menu.limits,
+                slots=None if menu.slots is None else menu.slots[keep])
 
 
 def _designs(training: TrainingConfig, search: SearchConfig, micro_batches: int,

@@ -36,6 +36,7 @@ from autosplit.search.options import (
     plain_options,
     share_pairs,
 )
+from autosplit.search.packing import SlotLimit, slot_demand, slot_limits
 from autosplit.search.ranges import RangeIndex, blocks_identical, range_index
 
 __all__ = ["Menu", "TableCache", "build_menu", "NEVER_FITS", "ALWAYS_FITS"]
@@ -81,7 +82,8 @@ class Menu:
     """The options of one micro-batch size and their prices on every range class.
 
     Arrays are indexed ``[option]`` or ``[option, range class]``; ``devices[o, p]`` counts the
-    devices option ``o`` takes from pool ``p``.
+    devices option ``o`` takes from pool ``p``, ``slots[o, k]`` the devices it puts under
+    the slot limit ``limits[k]`` (``packing``: TP degrees that do not divide a node).
     """
 
     micro_batch_samples: int
@@ -93,10 +95,25 @@ class Menu:
     kmax: np.ndarray
     tail: np.ndarray
     ranges: RangeIndex
+    limits: tuple[SlotLimit, ...] = ()
+    slots: np.ndarray | None = None
 
     @property
     def size(self) -> int:
         return len(self.options)
+
+    @property
+    def demand(self) -> np.ndarray:
+        """``[option, pool + slot limit]``: what an option takes of every capacity that
+        level 3 must respect (the programme respects the pools' device counts only)."""
+        if not self.limits or self.slots is None:
+            return self.devices
+        return np.hstack([self.devices, self.slots])
+
+    def limits_of(self, capacity: np.ndarray) -> np.ndarray:
+        """The pools' device counts followed by the slot limits: the columns of ``demand``."""
+        return np.concatenate([capacity, np.array([lim.capacity for lim in self.limits],
+                                                  dtype=np.int64)])
 
 
 def _dp_link(cluster: Cluster, pools: list[Pool], option: StageOption) -> Link:
@@ -160,7 +177,7 @@ def _mixed_options(cache: TableCache, group: DeviceGroup, pools: list[Pool], *,
     out: list[StageOption] = []
     rcs = (False, True) if search.allow_recompute else (False,)
     for t in sorted(set(search.tp_degrees)):
-        if any(t > p.devices_per_node or p.devices_per_node % t for p in (pa, pb)):
+        if any(t > p.devices_per_node for p in (pa, pb)):
             continue
         for da, db in mixed_lane_counts(pa, pb, tp=t, micro_batch_samples=micro_batch_samples):
             pairs = share_pairs(da, db, micro_batch_samples=micro_batch_samples, search=search)
@@ -212,7 +229,9 @@ def build_menu(cache: TableCache, groups: list[DeviceGroup], *, micro_batch_samp
         busy[o], kmax[o], tail[o] = _price(cache, pools, opt, rng, cache.training)
         for p in range(n_pool):
             devices[o, p] = opt.devices_of(p)
+    limits = slot_limits(pools, search.tp_degrees)
     return Menu(micro_batch_samples=micro_batch_samples, options=tuple(options),
                 group=np.array([o.group for o in options], dtype=np.int64), devices=devices,
                 share=np.array([o.max_share for o in options], dtype=np.int64), busy=busy,
-                kmax=kmax, tail=tail, ranges=rng)
+                kmax=kmax, tail=tail, ranges=rng, limits=limits,
+                slots=slot_demand(options, limits))

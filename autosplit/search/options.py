@@ -22,7 +22,7 @@ from autosplit.config import SearchConfig
 from autosplit.search.groups import DeviceGroup, Pool
 
 __all__ = ["LaneOption", "StageOption", "plain_options", "mixed_lane_counts",
-           "share_pairs", "MIXED_MAX_REPLICAS"]
+           "share_pairs", "max_groups", "MIXED_MAX_REPLICAS"]
 
 #: Replicas of each chip a mixed stage may hold. Mixed stages pay off where a pool is too
 #: small to form good stages alone; beyond this the single-chip stages of each pool do as well,
@@ -65,8 +65,14 @@ class StageOption:
 
 
 def _tp_degrees(pool: Pool, search: SearchConfig) -> list[int]:
-    g = pool.devices_per_node
-    return [t for t in sorted(set(search.tp_degrees)) if t <= g and g % t == 0]
+    """Every allowed degree that fits in a node; one that does not divide the node leaves
+    devices a smaller group can use (``packing``)."""
+    return [t for t in sorted(set(search.tp_degrees)) if t <= pool.devices_per_node]
+
+
+def max_groups(pool: Pool, tp: int) -> int:
+    """TP groups of ``tp`` devices the pool's nodes hold at once."""
+    return len(pool.nodes) * (pool.devices_per_node // tp)
 
 
 def _recompute_choices(search: SearchConfig) -> tuple[bool, ...]:
@@ -79,14 +85,14 @@ def _max_share(search: SearchConfig) -> int:
 
 def plain_options(group: DeviceGroup, pool: Pool, *, micro_batch_samples: int,
                   search: SearchConfig) -> list[StageOption]:
-    """Options of a one-pool group: every TP degree that divides the node, every replica count
+    """Options of a one-pool group: every TP degree that fits a node, every replica count
     ``⌈B/q⌉`` for the allowed shares ``q`` that the pool holds, both recompute choices."""
     b = micro_batch_samples
     counts = sorted({-(-b // q) for q in range(1, _max_share(search) + 1)})
     out: list[StageOption] = []
     for t in _tp_degrees(pool, search):
         for d in counts:
-            if d > b or t * d > pool.num_devices:
+            if d > b or d > max_groups(pool, t):
                 continue
             share = -(-b // d)
             if share > _max_share(search):
@@ -105,7 +111,7 @@ def mixed_lane_counts(pool_a: Pool, pool_b: Pool, *, tp: int,
     out = []
     for da in range(1, MIXED_MAX_REPLICAS + 1):
         for db in range(1, MIXED_MAX_REPLICAS + 1):
-            if tp * da > pool_a.num_devices or tp * db > pool_b.num_devices:
+            if da > max_groups(pool_a, tp) or db > max_groups(pool_b, tp):
                 continue
             if da + db > micro_batch_samples:
                 continue

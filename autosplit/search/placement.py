@@ -10,7 +10,9 @@ prices both and keeps the better (``assemble``):
 - ``compact``: the largest tensor-parallel groups first, and a stage that fits in one node
   on one node (its all-reduce stays inside), first fit.
 
-Tensor-parallel groups never cross a node (``tp`` divides the node's device count).
+Tensor-parallel groups never cross a node. ``compact`` takes the largest groups first, which
+packs every choice the search's slot limits admit (``packing``); ``tape`` may not, and then
+raises ``PlacementError`` and the other strategy is priced.
 Deterministic: node order, then pipeline order.
 """
 
@@ -122,4 +124,26 @@ def place(options: Sequence[StageOption], pools: Sequence[Pool], micro_batch_sam
             for (node, idx), share in zip(picked[(s, k)], shares[k], strict=True):
                 reps.append(Replica(node=node, local_indices=idx, batch_share=share, chip=chip))
         out.append(tuple(reps))
-    return out
+    return _aligned(out, [len(opt.lanes) == 1 for opt in options])
+
+
+def _aligned(stages: list[tuple[Replica, ...]], movable: list[bool]
+             ) -> list[tuple[Replica, ...]]:
+    """Replicas reordered so that each boundary stays inside a node where the devices allow:
+    a stage's activations leave from its last replica's node to the next stage's first
+    (``cluster.link_between``), so a one-chip stage starts on the node the stage before
+    ends on and ends on a node the stage after uses. Which devices a stage holds is
+    unchanged; only the order of its replicas. Mixed-chip stages keep their lanes' order."""
+    out = [list(reps) for reps in stages]
+    for s, reps in enumerate(out):
+        if not movable[s]:
+            continue
+        if s > 0:
+            k = next((k for k, r in enumerate(reps) if r.node == out[s - 1][-1].node), 0)
+            reps.insert(0, reps.pop(k))
+        if s + 1 < len(out) and len(reps) > 1:
+            ahead = {r.node for r in out[s + 1]}
+            k = next((k for k in range(len(reps) - 1, 0, -1) if reps[k].node in ahead), None)
+            if k is not None:
+                reps.append(reps.pop(k))
+    return [tuple(reps) for reps in out]

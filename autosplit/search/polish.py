@@ -10,7 +10,11 @@ around the best plans, each priced exactly, close what the two disagree on:
   and the spare devices) — the best few by their compute-only estimate;
 - **swap two neighbouring stages** (a pool may then hold two runs: a slow chip at both ends of
   the pipeline, say);
-- **drop a stage** (its units go to its neighbours in the exact split).
+- **drop a stage** (its units go to its neighbours in the exact split);
+- **split a stage** (its first or last unit on the fewest spare devices of its group);
+- each structural move also **with its devices re-spent** by the upgrade
+  (``repick.upgrade_options``): a dropped stage's devices go to the stages left, swapped
+  options may want other replica counts.
 
 First improvement wins; rounds repeat until none improves or the budget is spent.
 Deterministic: moves are tried in a fixed order.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -33,6 +38,8 @@ __all__ = ["polish"]
 
 #: Option changes tried per stage and round (best compute-only estimates first).
 _PER_STAGE = 4
+#: Re-spent structural moves whose estimate is more than this above the plan are not priced.
+_ESTIMATE_SLACK = 1.3
 
 
 def _stages(menu: Menu, sol: Solution) -> list[Stage] | None:
@@ -48,15 +55,16 @@ def _stages(menu: Menu, sol: Solution) -> list[Stage] | None:
 def _option_moves(menu: Menu, sol: Solution, stages: list[Stage], in_flight: np.ndarray,
                   capacity: np.ndarray, m: int) -> list[list[StageOption]]:
     """One stage's option changed, the most promising first (compute-only estimate)."""
-    used = menu.devices[[st.option for st in stages]].sum(axis=0)
+    demand = menu.demand
+    used = demand[[st.option for st in stages]].sum(axis=0)
     busy = np.array([menu.busy[st.option, menu.ranges.of[st.start, st.end]]
                      for st in stages])
     moves: list[tuple[float, int, int]] = []
     for s, st in enumerate(stages):
         r = int(menu.ranges.of[st.start, st.end])
         ok = menu.kmax[:, r] >= in_flight[st.position]
-        spare = capacity - used + menu.devices[st.option]
-        ok &= (menu.devices <= spare[None, :]).all(axis=1)
+        spare = capacity - used + demand[st.option]
+        ok &= (demand <= spare[None, :]).all(axis=1)
         ok[st.option] = False
         cand = np.flatnonzero(ok & np.isfinite(menu.busy[:, r]))
         if cand.size == 0:
@@ -75,34 +83,100 @@ def _option_moves(menu: Menu, sol: Solution, stages: list[Stage], in_flight: np.
     return out
 
 
-def _structure_moves(sol: Solution) -> list[list[StageOption]]:
-    """Neighbouring stages swapped (where their options differ), and each stage dropped."""
-    opts = list(sol.options)
+def _respent(menu: Menu, moves: list[list[Stage]],
+             upgrade: Callable[[Sequence[Stage]], tuple[list[int] | None, float]], *,
+             limit: float) -> list[tuple[list[StageOption], list[tuple[int, int]] | None]]:
+    """Each structural move as it stands and with its devices re-spent (a dropped stage
+    frees devices its neighbours can take; swapped options may want other replica counts),
+    the re-spent ones first, best estimate first; moves estimated above ``limit`` are not
+    priced."""
+    spent, plain = [], []
+    for k, stages in enumerate(moves):
+        spans = [(st.start, st.end) for st in stages]
+        plain.append(([menu.options[st.option] for st in stages], spans))
+        picked, estimate = upgrade(stages)
+        if picked is not None and estimate <= limit:
+            spent.append((estimate, k, [menu.options[o] for o in picked], spans))
+    spent.sort(key=lambda x: (x[0], x[1]))
+    return [(opts, spans) for _, _, opts, spans in spent] + plain
+
+
+def _structure_moves(stages: list[Stage]) -> list[list[Stage]]:
+    """Neighbouring stages swapped (where their options differ: each takes the other's
+    option and unit count), and each stage dropped (its units to the stage in front, or
+    behind for the first)."""
+    n = len(stages)
     out = []
-    for s in range(len(opts) - 1):
-        if opts[s] != opts[s + 1]:
-            out.append(opts[:s] + [opts[s + 1], opts[s]] + opts[s + 2:])
-    if len(opts) > 1:
-        out.extend(opts[:s] + opts[s + 1:] for s in range(len(opts)))
+    for s in range(n - 1):
+        a, b = stages[s], stages[s + 1]
+        if a.option != b.option:
+            cut = a.start + (b.end - b.start)
+            out.append(stages[:s] + [replace(a, option=b.option, group=b.group, end=cut),
+                                     replace(b, option=a.option, group=a.group, start=cut)]
+                       + stages[s + 2:])
+    for s in range(n if n > 1 else 0):
+        kept = [replace(st) for k, st in enumerate(stages) if k != s]
+        if s > 0:
+            kept[s - 1] = replace(kept[s - 1], end=stages[s].end)
+        else:
+            kept[0] = replace(kept[0], start=0)
+        out.append([replace(st, position=n - 1 - k) for k, st in enumerate(kept)])
+    return out
+
+
+def _split_moves(menu: Menu, stages: list[Stage], in_flight: np.ndarray,
+                 capacity: np.ndarray) -> list[list[Stage]]:
+    """Each stage of two or more units with its first or its last unit split off into a
+    stage of its own, on the fewest spare devices of the same group that hold it (the
+    upgrade then spends what is left). The programme's pipelines take as few devices as
+    their threshold allows, so a stage worth its own devices — an embedding that should
+    not share a wide stage's all-reduce, say — may never appear in them."""
+    n = len(stages)
+    if n + 1 >= in_flight.size:
+        return []
+    demand = menu.demand
+    spare = capacity - demand[[st.option for st in stages]].sum(axis=0)
+    width = menu.devices.sum(axis=1)
+    out = []
+    for s, st in enumerate(stages):
+        if st.end - st.start < 2:
+            continue
+        for front in (True, False):
+            cut = st.start + 1 if front else st.end - 1
+            lo, hi = (st.start, cut) if front else (cut, st.end)
+            k = s if front else s + 1  # the new stage's index in the longer pipeline
+            r = int(menu.ranges.of[lo, hi])
+            ok = ((menu.group == st.group) & (menu.kmax[:, r] >= in_flight[n + 1 - k])
+                  & np.isfinite(menu.busy[:, r]) & (demand <= spare[None, :]).all(axis=1))
+            cand = np.flatnonzero(ok)
+            if cand.size == 0:
+                continue
+            o = int(cand[np.lexsort((cand, menu.busy[cand, r], width[cand]))[0]])
+            new = Stage(start=lo, end=hi, group=st.group, option=o, position=0)
+            rest = replace(st, start=cut) if front else replace(st, end=cut)
+            seq = stages[:s] + ([new, rest] if front else [rest, new]) + stages[s + 1:]
+            out.append([replace(x, position=n + 1 - j) for j, x in enumerate(seq)])
     return out
 
 
 def polish(sol: Solution, *, menu: Menu, in_flight: np.ndarray, capacity: np.ndarray,
            use_all: bool, price: Callable[[Sequence[StageOption], Sequence[tuple[int, int]]],
                                           Solution | None],
+           upgrade: Callable[[Sequence[Stage]], tuple[list[int] | None, float]],
            exhausted: Callable[[], bool], repick_time: float,
            seconds_left: Callable[[], float] = lambda: math.inf, rounds: int = 3) -> Solution:
     """``sol`` improved by exact-priced moves (see module docstring). ``price`` prices a
-    pipeline of options (with the stages' units as a placement hint) or returns ``None``.
-    ``repick_time`` is CP-SAT's deterministic time per re-choice (the same on any machine);
-    ``seconds_left`` the wall clock it may not pass."""
+    pipeline of options (with the stages' units as a placement hint) or returns ``None``;
+    ``upgrade`` re-spends the devices of a pipeline of stages (``repick.upgrade_options``)
+    and gives its estimate. ``repick_time`` is CP-SAT's deterministic time per re-choice
+    (the same on any machine); ``seconds_left`` the wall clock it may not pass."""
     m = sol.micro_batches
     for _ in range(rounds):
         stages = _stages(menu, sol)
         if stages is None:
             return sol
         spans = [(st.start, st.end) for st in sol.stages]
-        candidates: list[list[StageOption]] = []
+        candidates: list[tuple[list[StageOption], list[tuple[int, int]] | None]] = []
         picked = repick_options(menu, stages, in_flight=in_flight, capacity=capacity,
                                 micro_batches=m, use_all=use_all,
                                 deterministic_time=repick_time,
@@ -110,14 +184,15 @@ def polish(sol: Solution, *, menu: Menu, in_flight: np.ndarray, capacity: np.nda
         if exhausted():  # the clock cut the re-choice short: its answer is not the budget's
             return sol
         if picked is not None:
-            candidates.append([menu.options[o] for o in picked])
-        candidates += _option_moves(menu, sol, stages, in_flight, capacity, m)
-        candidates += _structure_moves(sol)
+            candidates.append(([menu.options[o] for o in picked], spans))
+        candidates += [(o, spans) for o in _option_moves(menu, sol, stages, in_flight,
+                                                         capacity, m)]
+        moves = _structure_moves(stages) + _split_moves(menu, stages, in_flight, capacity)
+        candidates += _respent(menu, moves, upgrade, limit=sol.iteration_s * _ESTIMATE_SLACK)
         improved = False
-        for opts in candidates:
+        for opts, hint in candidates:
             if exhausted():
                 return sol
-            hint = spans if len(opts) == len(spans) else None
             new = price(opts, hint)
             if new is not None and new.iteration_s < sol.iteration_s * (1 - 1e-9):
                 sol, improved = new, True

@@ -62,12 +62,12 @@ RANGE_CASES: list[Case] = [
     *(c for opt, r in SEARCH_RANGES.items() for c in _range_case("search", _SEARCH, opt, r)),
     *(c for opt, r in RUN_RANGES.items()
       for c in _range_case("run", _RUN, opt, r, files={"plan.json": plan_text()})),
-    Case(name="option-search-tp-not-dividing",
+    Case(name="option-search-tp-larger-than-nodes",
          files={"c.yaml": "network: {nic_bw_gbs: 50}\nnodes: [{chip: H100, devices: 4, "
                           "count: 2}]\n"},
          argv=("search", GPT, "-a", "size=tiny", "-c", "{tmp}/c.yaml", "--seq-len", "128",
-               "--global-batch", "16", "--tp", "3", "-o", "{tmp}/out.json", "-q"),
-         exit_code=2, message=("--tp", "TP degree 3", "1,2,4"), absent=("out.json",)),
+               "--global-batch", "16", "--tp", "1,8", "-o", "{tmp}/out.json", "-q"),
+         exit_code=2, message=("--tp", "TP degree 8", "1,2,4"), absent=("out.json",)),
     Case(name="option-search-tp-too-large", files={},
          argv=(*_SEARCH, "--tp", "1,4096", "-o", "{tmp}/out.json"), exit_code=2,
          message=("--tp", "[1, 1024]"), absent=("out.json",)),
