@@ -442,7 +442,7 @@ _random_cases = st.builds(
 
 #: The two property tests draw the same examples (same seed and settings), so the second
 #: reuses the first one's results.
-_PROPERTY = settings(max_examples=20, deadline=None, database=None,
+_PROPERTY = settings(max_examples=40, deadline=None, database=None,
                      phases=[Phase.explicit, Phase.generate],
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 

@@ -58,7 +58,7 @@ from autosplit.search.pipeline_dp import (
     priced_lower_bounds,
     solve_pipelines,
 )
-from autosplit.search.plan_build import build_plan
+from autosplit.search.plan_build import FINAL_SLACK, build_plan
 from autosplit.search.polish import polish
 from autosplit.search.progress import SearchProgress, search_progress
 from autosplit.search.repick import Hop, repick_options, upgrade_options
@@ -393,7 +393,7 @@ class _CountSearch:
 
         return polish(sol, menu=self.menu, in_flight=self.in_flight, capacity=self.limits,
                       use_all=not self.search.allow_idle, price=price,
-                      upgrade=lambda stages: self._upgrade(tuple(stages)),
+                      upgrade=lambda stages, cap: self._upgrade(tuple(stages), cap),
                       exhausted=lambda: self.budget.exhausted,
                       repick_time=_POLISH_TIME, seconds_left=self.budget.seconds_left)
 
@@ -407,19 +407,35 @@ class _CountSearch:
             if not path or key in seen:
                 continue
             seen.add(key)
-            picked, estimate = self._upgrade(path)
-            if picked is None:
-                continue
-            options = tuple(self.menu.options[o] for o in picked)
-            if options not in found or estimate < found[options][0]:
-                found[options] = (estimate, [(st.start, st.end) for st in path])
+            for picked, estimate in self._upgrades(path):
+                options = tuple(self.menu.options[o] for o in picked)
+                if options not in found or estimate < found[options][0]:
+                    found[options] = (estimate, [(st.start, st.end) for st in path])
         for options, (estimate, spans) in sorted(found.items(), key=lambda kv: (kv[1][0],
                                                                               kv[0])):
             if estimate > self.outcome.incumbent * _ESTIMATE_SLACK:
                 break
             self._assemble(list(options), spans)
 
-    def _upgrade(self, path: tuple[Stage, ...]) -> tuple[list[int] | None, float]:
+    def _upgrades(self, path: tuple[Stage, ...]) -> list[tuple[list[int], float]]:
+        """The upgraded pipeline, and — where a pool's nodes are shared by TP groups that do
+        not divide them — the programme's own options too: the estimate takes a stage that
+        fits in a node to stay in one, which such groups can prevent (its all-reduce then
+        crosses nodes), so the upgrade may move away from a better pipeline."""
+        out = []
+        picked, estimate = self._upgrade(path)
+        if picked is not None:
+            out.append((picked, estimate))
+        if self.menu.limits:
+            kept, value = upgrade_options(self.menu, path, in_flight=self.in_flight,
+                                          capacity=self.limits, micro_batches=self.m,
+                                          hops=self._hops(path), as_is=True)
+            if kept is not None and kept != picked:
+                out.append((kept, value))
+        return out
+
+    def _upgrade(self, path: tuple[Stage, ...], as_is: bool = False
+                 ) -> tuple[list[int] | None, float]:
         """``upgrade_options`` on a programme pipeline. Where its TP groups do not pack into
         the nodes (the programme counts devices, not slots), the options are first
         re-chosen under every limit (CP-SAT, exact), then upgraded."""
@@ -427,7 +443,7 @@ class _CountSearch:
         hops = self._hops(path)
         picked, estimate = upgrade_options(self.menu, path, in_flight=self.in_flight,
                                            capacity=self.limits, micro_batches=self.m,
-                                           use_all=use_all, hops=hops)
+                                           use_all=use_all, hops=hops, as_is=as_is)
         if picked is not None or not self.menu.limits:
             return picked, estimate
         fits = repick_options(self.menu, path, in_flight=self.in_flight, capacity=self.limits,
@@ -439,7 +455,7 @@ class _CountSearch:
         repacked = tuple(replace(st, option=o) for st, o in zip(path, fits, strict=True))
         return upgrade_options(self.menu, repacked, in_flight=self.in_flight,
                                capacity=self.limits, micro_batches=self.m, use_all=use_all,
-                               hops=hops)
+                               hops=hops, as_is=as_is)
 
     def _hops(self, path: Sequence[Stage]) -> tuple[Hop, ...]:
         """The boundaries of ``path`` for the upgrade's estimate: between stages of one pool
@@ -466,7 +482,7 @@ class _CountSearch:
         self.budget.check()
         sol = assemble(self.cache, self.pools, options, micro_batches=self.m,
                        micro_batch_samples=self.b, allow_recompute=self.search.allow_recompute,
-                       upper_bound=self.outcome.incumbent * 1.05,
+                       upper_bound=self.outcome.incumbent * FINAL_SLACK,
                        uniform_recompute=bool(self.search.target), spans=spans)
         n = self.cache.model.num_layers
         self.budget.charge(len(options) * (n + 1) ** 2 * 8)

@@ -23,12 +23,13 @@ from autosplit.search.budget import STOP_TIME, Budget
 from autosplit.search.groups import Pool
 from autosplit.search.schedule_choice import choose_schedules, target_schedules, with_variant
 
-__all__ = ["build_plan", "describe", "model_ref", "cluster_ref", "stage_plans"]
+__all__ = ["build_plan", "describe", "model_ref", "cluster_ref", "stage_plans", "FINAL_SLACK"]
 
 #: Plans re-costed by the simulation (at least), and how far above the best closed-form
-#: time a plan may be to be one of them.
+#: time a plan may be to be one of them (the search keeps every plan it prices within it:
+#: the simulation can put one of them first).
 _FINALISTS = 12
-_FINAL_SLACK = 1.10
+FINAL_SLACK = 1.10
 
 
 def describe(sol: Solution, pools: Sequence[Pool]) -> str:
@@ -90,12 +91,12 @@ def _predicted(sol: Solution, *, model: ModelProfile, cluster: Cluster,
 
 def _finalists(outcome, pools: Sequence[Pool], count: int) -> list[Solution]:
     """The best distinct plans by the search's objective (the closed form), one per shape,
-    within ``_FINAL_SLACK`` of the best: the ones re-costed by the schedule's simulation."""
+    within ``FINAL_SLACK`` of the best: the ones re-costed by the schedule's simulation."""
     best = outcome.best
     seen: set[str] = set()
     out: list[Solution] = []
     for sol in sorted(outcome.kept.values(), key=lambda s: (s.iteration_s, s.key)):
-        if sol.iteration_s > best.iteration_s * _FINAL_SLACK:
+        if sol.iteration_s > best.iteration_s * FINAL_SLACK:
             break
         label = describe(sol, pools)
         if label in seen:

@@ -40,6 +40,11 @@ __all__ = ["polish"]
 _PER_STAGE = 4
 #: Re-spent structural moves whose estimate is more than this above the plan are not priced.
 _ESTIMATE_SLACK = 1.3
+#: Structural moves priced per round by estimate (best first), besides swaps and drops.
+_RESPENT = 6
+
+#: ``upgrade(stages, as_is)``: the options and estimate of a pipeline of stages.
+_Upgrade = Callable[[Sequence[Stage], bool], tuple[list[int] | None, float]]
 
 
 def _stages(menu: Menu, sol: Solution) -> list[Stage] | None:
@@ -83,22 +88,34 @@ def _option_moves(menu: Menu, sol: Solution, stages: list[Stage], in_flight: np.
     return out
 
 
-def _respent(menu: Menu, moves: list[list[Stage]],
-             upgrade: Callable[[Sequence[Stage]], tuple[list[int] | None, float]], *,
+def _respent(menu: Menu, moves: list[list[Stage]], plain: int, upgrade: _Upgrade, *,
              limit: float) -> list[tuple[list[StageOption], list[tuple[int, int]] | None]]:
-    """Each structural move as it stands and with its devices re-spent (a dropped stage
-    frees devices its neighbours can take; swapped options may want other replica counts),
-    the re-spent ones first, best estimate first; moves estimated above ``limit`` are not
-    priced."""
-    spent, plain = [], []
+    """Structural moves as they stand and with their devices re-spent (a dropped stage
+    frees devices its neighbours can take; swapped options may want other replica counts; a
+    split-off stage may take more): the ``_RESPENT`` best of both by estimate, none
+    estimated above ``limit``; then the first ``plain`` moves as they stand (the estimate
+    takes a stage that fits in a node to stay in one, which the exact price may not)."""
+    ranked: list[tuple[float, int, tuple[StageOption, ...], list[tuple[int, int]]]] = []
     for k, stages in enumerate(moves):
-        spans = [(st.start, st.end) for st in stages]
-        plain.append(([menu.options[st.option] for st in stages], spans))
-        picked, estimate = upgrade(stages)
-        if picked is not None and estimate <= limit:
-            spent.append((estimate, k, [menu.options[o] for o in picked], spans))
-    spent.sort(key=lambda x: (x[0], x[1]))
-    return [(opts, spans) for _, _, opts, spans in spent] + plain
+        picked, estimate = upgrade(stages, True)
+        if picked is not None:
+            ranked.append((estimate, k, tuple(menu.options[o] for o in picked),
+                           [(st.start, st.end) for st in stages]))
+    ranked.sort(key=lambda x: (x[0], x[1]))
+    # Re-spending costs a greedy upgrade each: only the moves that start best get one.
+    for _, k, _, spans in ranked[:2 * _RESPENT]:
+        picked, estimate = upgrade(moves[k], False)
+        if picked is not None:
+            ranked.append((estimate, k, tuple(menu.options[o] for o in picked), spans))
+    ranked = sorted((r for r in ranked if r[0] <= limit), key=lambda x: (x[0], x[1]))
+    out: list[tuple[list[StageOption], list[tuple[int, int]] | None]] = []
+    seen: set[tuple[StageOption, ...]] = set()
+    for _, _, opts, spans in ranked:
+        if opts not in seen and len(out) < _RESPENT:
+            seen.add(opts)
+            out.append((list(opts), spans))
+    return out + [([menu.options[st.option] for st in stages],
+                   [(st.start, st.end) for st in stages]) for stages in moves[:plain]]
 
 
 def _structure_moves(stages: list[Stage]) -> list[list[Stage]]:
@@ -127,10 +144,10 @@ def _structure_moves(stages: list[Stage]) -> list[list[Stage]]:
 def _split_moves(menu: Menu, stages: list[Stage], in_flight: np.ndarray,
                  capacity: np.ndarray) -> list[list[Stage]]:
     """Each stage of two or more units with its first or its last unit split off into a
-    stage of its own, on the fewest spare devices of the same group that hold it (the
-    upgrade then spends what is left). The programme's pipelines take as few devices as
-    their threshold allows, so a stage worth its own devices — an embedding that should
-    not share a wide stage's all-reduce, say — may never appear in them."""
+    stage of its own, on the fewest spare devices of its group that hold it (the upgrade
+    then spends what is left). The programme's pipelines take as few devices as their
+    threshold allows, so a stage worth its own devices — an embedding that should not share
+    a wide stage's all-reduce, say — may never appear in them."""
     n = len(stages)
     if n + 1 >= in_flight.size:
         return []
@@ -146,9 +163,9 @@ def _split_moves(menu: Menu, stages: list[Stage], in_flight: np.ndarray,
             lo, hi = (st.start, cut) if front else (cut, st.end)
             k = s if front else s + 1  # the new stage's index in the longer pipeline
             r = int(menu.ranges.of[lo, hi])
-            ok = ((menu.group == st.group) & (menu.kmax[:, r] >= in_flight[n + 1 - k])
-                  & np.isfinite(menu.busy[:, r]) & (demand <= spare[None, :]).all(axis=1))
-            cand = np.flatnonzero(ok)
+            fits = ((menu.kmax[:, r] >= in_flight[n + 1 - k]) & np.isfinite(menu.busy[:, r])
+                    & (demand <= spare[None, :]).all(axis=1))
+            cand = np.flatnonzero(fits & (menu.group == st.group))
             if cand.size == 0:
                 continue
             o = int(cand[np.lexsort((cand, menu.busy[cand, r], width[cand]))[0]])
@@ -162,14 +179,15 @@ def _split_moves(menu: Menu, stages: list[Stage], in_flight: np.ndarray,
 def polish(sol: Solution, *, menu: Menu, in_flight: np.ndarray, capacity: np.ndarray,
            use_all: bool, price: Callable[[Sequence[StageOption], Sequence[tuple[int, int]]],
                                           Solution | None],
-           upgrade: Callable[[Sequence[Stage]], tuple[list[int] | None, float]],
+           upgrade: _Upgrade,
            exhausted: Callable[[], bool], repick_time: float,
            seconds_left: Callable[[], float] = lambda: math.inf, rounds: int = 3) -> Solution:
     """``sol`` improved by exact-priced moves (see module docstring). ``price`` prices a
     pipeline of options (with the stages' units as a placement hint) or returns ``None``;
-    ``upgrade`` re-spends the devices of a pipeline of stages (``repick.upgrade_options``)
-    and gives its estimate. ``repick_time`` is CP-SAT's deterministic time per re-choice
-    (the same on any machine); ``seconds_left`` the wall clock it may not pass."""
+    ``upgrade(stages, as_is)`` re-spends the devices of a pipeline of stages
+    (``repick.upgrade_options``; ``as_is``: valued as it stands) and gives its estimate.
+    ``repick_time`` is CP-SAT's deterministic time per re-choice (the same on any machine);
+    ``seconds_left`` the wall clock it may not pass."""
     m = sol.micro_batches
     for _ in range(rounds):
         stages = _stages(menu, sol)
@@ -187,8 +205,10 @@ def polish(sol: Solution, *, menu: Menu, in_flight: np.ndarray, capacity: np.nda
             candidates.append(([menu.options[o] for o in picked], spans))
         candidates += [(o, spans) for o in _option_moves(menu, sol, stages, in_flight,
                                                          capacity, m)]
-        moves = _structure_moves(stages) + _split_moves(menu, stages, in_flight, capacity)
-        candidates += _respent(menu, moves, upgrade, limit=sol.iteration_s * _ESTIMATE_SLACK)
+        structure = _structure_moves(stages)
+        moves = structure + _split_moves(menu, stages, in_flight, capacity)
+        candidates += _respent(menu, moves, len(structure), upgrade,
+                               limit=sol.iteration_s * _ESTIMATE_SLACK)
         improved = False
         for opts, hint in candidates:
             if exhausted():

@@ -10,6 +10,7 @@ worker, fixed seed, a deterministic time limit: the same answer on every machine
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -158,7 +159,9 @@ class PipelineEstimate:
     the one-way time of its overlapping transfer out (the fill); the period is the slowest
     stage or the round trip ``R_s = Σ_{t≥s} (e_t + 2·f_t)`` a stage waits for when it holds
     only ``w_s`` micro-batches. A move at ``s`` changes ``e`` and ``f`` of ``s`` and its two
-    neighbours only, so every candidate is valued from prefix and suffix aggregates."""
+    neighbours only, so every candidate is valued from prefix and suffix aggregates; the
+    round trips of the stages in front shift by one amount per candidate, and are looked at
+    one by one only where a bound says they can set the period."""
 
     def __init__(self, busy: np.ndarray, share: np.ndarray, tail: np.ndarray,
                  hops: Sequence[Hop], window: np.ndarray, m: int) -> None:
@@ -166,6 +169,9 @@ class PipelineEstimate:
         self.tail, self.hops, self.m = tail.astype(float), list(hops), m
         self.window = np.maximum(window.astype(float), 1.0)
         self.one_way = np.zeros(max(busy.size - 1, 0))
+        inv = 1.0 / self.window
+        self._inv_max = np.concatenate([[0.0], np.maximum.accumulate(inv)])
+        self._inv_min = np.concatenate([[np.inf], np.minimum.accumulate(inv)])
         self._refresh()
 
     def _hop(self, b: int, left: np.ndarray | float, right: np.ndarray | float) -> np.ndarray:
@@ -183,10 +189,23 @@ class PipelineEstimate:
                 self.eff[b + 1] += 2.0 * self.one_way[b]
             else:
                 self.fill[b] = self.one_way[b]
+        #: a stage's busy time with its blocking transfer in (not out) / out (not in)
+        self._inner = self.busy.copy()
+        self._outer = self.busy.copy()
+        for b, h in enumerate(self.hops):
+            if h.blocking:
+                self._inner[b + 1] += 2.0 * self.one_way[b]
+                self._outer[b] += 2.0 * self.one_way[b]
         step = self.eff + 2.0 * self.fill
         self.trip = np.cumsum(step[::-1])[::-1]  # R_s
         ratio = self.trip / self.window
         self.trip_after = np.maximum.accumulate(ratio[::-1])[::-1]  # max over s' ≥ s
+        self._ratio_before = np.concatenate([[-np.inf], np.maximum.accumulate(ratio)])
+        self._eff_before = np.concatenate([[0.0], np.maximum.accumulate(self.eff)])
+        self._eff_after = np.concatenate([np.maximum.accumulate(self.eff[::-1])[::-1], [0.0]])
+        self._eff_sum = np.concatenate([[0.0], np.cumsum(self.eff)])
+        self._fill_sum = np.concatenate([[0.0], np.cumsum(self.fill)])
+        self._tail_top = _top_two(self.tail)
 
     def value(self) -> float:
         period = max(float(self.eff.max()), float(self.trip_after[0]))
@@ -196,51 +215,49 @@ class PipelineEstimate:
     def moves(self, s: int, busy: np.ndarray, share: np.ndarray, tail: np.ndarray
               ) -> np.ndarray:
         """The closed form with stage ``s`` on each candidate (arrays over candidates)."""
-        n, k = self.busy.size, busy.size
+        n = self.busy.size
         lo, hi = max(s - 1, 0), min(s + 2, n)  # the stages a move at s can change
-        eff = {t: np.full(k, self.busy[t]) for t in range(lo, hi)}
-        eff[s] = busy.astype(float)
-        fill = {t: np.zeros(k) for t in range(lo, hi)}
-        for b in (s - 1, s):
-            if not 0 <= b < n - 1:
-                continue
-            way = self._hop(b, share if b == s else self.share[b],
-                            share if b + 1 == s else self.share[b + 1])
-            if self.hops[b].blocking:
-                eff[b] = eff[b] + 2.0 * way
-                eff[b + 1] = eff[b + 1] + 2.0 * way
-            else:
-                fill[b] = fill[b] + way
-        for t in range(lo, hi):  # the window's other transfers stay as they are
-            for b in (t - 1, t):
-                if b in (s - 1, s) or not 0 <= b < n - 1:
-                    continue
-                if self.hops[b].blocking:
-                    eff[t] = eff[t] + 2.0 * self.one_way[b]
-                elif b == t:
-                    fill[t] = fill[t] + self.one_way[b]
-        rest = np.concatenate([self.eff[:lo], self.eff[hi:]])
-        top = np.max([eff[t] for t in range(lo, hi)], axis=0)
-        top = np.maximum(top, rest.max(initial=0.0))
-        total = rest.sum() + np.sum([eff[t] for t in range(lo, hi)], axis=0)
-        fills = (np.concatenate([self.fill[:lo], self.fill[hi:]]).sum()
-                 + np.sum([fill[t] for t in range(lo, hi)], axis=0))
+        # The two boundaries beside s, per candidate; a blocking one adds both ways to both
+        # of its stages, an overlapping one is the fill of the stage in front of it.
+        left = self._hop(s - 1, self.share[s - 1], share) if s > 0 else 0.0
+        right = self._hop(s, share, self.share[s + 1]) if s < n - 1 else 0.0
+        blk_l = s > 0 and self.hops[s - 1].blocking
+        blk_r = s < n - 1 and self.hops[s].blocking
+        e_s = busy + (2.0 * left if blk_l else 0.0) + (2.0 * right if blk_r else 0.0)
+        f_s = 0.0 if blk_r else right
+        window_e, window_f = [], []  # front to back: (s − 1), s, (s + 1)
+        if s > 0:
+            e = self._inner[s - 1] + (2.0 * left if blk_l else 0.0)
+            window_e.append(e)
+            window_f.append(0.0 if blk_l else left)
+        window_e.append(e_s)
+        window_f.append(f_s)
+        if s < n - 1:
+            e = self._outer[s + 1] + (2.0 * right if blk_r else 0.0)
+            window_e.append(e)
+            window_f.append(self.fill[s + 1])
+        top = functools.reduce(np.maximum, window_e,
+                               max(self._eff_before[lo], self._eff_after[hi]))
+        total = self._eff_sum[n] - (self._eff_sum[hi] - self._eff_sum[lo]) + sum(window_e)
+        fills = self._fill_sum[n] - (self._fill_sum[hi] - self._fill_sum[lo]) + sum(window_f)
         # Round trips: behind the window unchanged, inside it recomputed, in front shifted.
-        after = self.trip[hi] if hi < n else 0.0
-        trip = np.full(k, 0.0)
-        running = np.full(k, after)
-        for t in range(hi - 1, lo - 1, -1):
-            running = running + eff[t] + 2.0 * fill[t]
+        running = self.trip[hi] if hi < n else 0.0
+        trip = self.trip_after[hi] if hi < n else 0.0
+        for t, e, f in zip(range(hi - 1, lo - 1, -1), reversed(window_e), reversed(window_f),
+                           strict=True):
+            running = running + e + 2.0 * f
             trip = np.maximum(trip, running / self.window[t])
-        if hi < n:
-            trip = np.maximum(trip, self.trip_after[hi])
+        period = np.maximum(top, trip)
         if lo > 0:
             shift = running - self.trip[lo]
-            front = (self.trip[:lo, None] + shift[None, :]) / self.window[:lo, None]
-            trip = np.maximum(trip, front.max(axis=0))
-        period = np.maximum(top, trip)
-        rest_tail = np.delete(self.tail, s).max(initial=0.0)
-        return total + (self.m - 1) * period + 2.0 * fills + np.maximum(rest_tail, tail)
+            bound = self._ratio_before[lo] + np.maximum(shift * self._inv_max[lo],
+                                                        shift * self._inv_min[lo])
+            if np.any(bound > period):  # the stages in front may set the period
+                front = (self.trip[:lo, None] + np.atleast_1d(shift)[None, :]
+                         ) / self.window[:lo, None]
+                period = np.maximum(period, front.max(axis=0))
+        return (total + (self.m - 1) * period + 2.0 * fills
+                + np.maximum(_other(self._tail_top, s), tail))
 
     def take(self, s: int, busy: float, share: float, tail: float) -> None:
         self.busy[s], self.share[s], self.tail[s] = busy, share, tail
@@ -250,22 +267,26 @@ class PipelineEstimate:
 def upgrade_options(menu: Menu, stages: Sequence[Stage], *, in_flight: np.ndarray,
                     capacity: np.ndarray, micro_batches: int,
                     any_group: bool = False, use_all: bool = False,
-                    hops: Sequence[Hop] = ()) -> tuple[list[int] | None, float]:
+                    hops: Sequence[Hop] = (), as_is: bool = False
+                    ) -> tuple[list[int] | None, float]:
     """Spend the devices a pipeline leaves idle where they shorten the iteration most
     (``use_all``: then keep spending them, the least harmful move first, until none is idle
     or no move takes more).
 
     Greedy and exact in its step: each round tries every stage's other options that still
-    fit its position and the pools' spare devices, and keeps the one move that lowers
-    ``(m − 1)·max u + Σ u + 2·Σ p2p + max tail`` most (the menu's times of the stage's own
-    units; the transfers at the boundaries ``hops``, one per pair of neighbours — a stage's
-    share sets what it sends, so more replicas also shorten them, and blocking ones add to
-    both stages' busy time; the tail — all-reduce and optimizer step — of the
-    slowest-to-finish stage, without the backward it may hide behind). Stops when no move
-    helps. Returns the options and that estimate of the pipeline's time (without ``hops``, no
-    transfers: the exact pricing adds them, and may hide part of the tail); ``None`` if the
+    fit its position and the pools' spare devices, and keeps the one move that lowers the
+    estimate most, until none does. Two passes: first ``(m − 1)·max u + Σ u + max tail``
+    (the menu's times of the stages' own units; the tail — all-reduce and optimizer step —
+    of the slowest-to-finish stage, without the backward it may hide behind), whose rounds
+    are cheap; then, from where it stopped, the cost model's closed form
+    (``PipelineEstimate``) with the transfers at the boundaries ``hops`` — a stage's share
+    sets what it sends, so more replicas also shorten them, and blocking ones add to both
+    stages' busy time — and the in-flight round trip. Returns the options and that estimate
+    of the pipeline's time (without ``hops``, no transfers: the exact pricing adds them, and
+    may hide part of the tail); ``None`` if the
     pipeline cannot be made to fit at its stages' true positions. ``capacity`` is
-    ``Menu.limits_of`` the pools' device counts."""
+    ``Menu.limits_of`` the pools' device counts; ``as_is``: no moves, the pipeline
+    as it is, valued."""
     m = micro_batches
     ranges = [int(menu.ranges.of[st.start, st.end]) for st in stages]
     cands = [_candidates(menu, st, int(in_flight[st.position]), any_group=any_group)
@@ -285,31 +306,105 @@ def upgrade_options(menu: Menu, stages: Sequence[Stage], *, in_flight: np.ndarra
     used = sum(d[k] for d, k in zip(dev_c, chosen, strict=True))
     if (used > capacity).any():
         return None, math.inf
-    chain = PipelineEstimate(np.array([b[k] for b, k in zip(busy_c, chosen, strict=True)]),
-                   np.array([q[k] for q, k in zip(share_c, chosen, strict=True)]),
-                   np.array([t[k] for t, k in zip(tail_c, chosen, strict=True)]), hops,
-                   np.array([min(int(in_flight[st.position]), m) for st in stages]), m)
+    start = (np.array([b[k] for b, k in zip(busy_c, chosen, strict=True)]),
+             np.array([q[k] for q, k in zip(share_c, chosen, strict=True)]),
+             np.array([t[k] for t, k in zip(tail_c, chosen, strict=True)]))
+    chain = PipelineEstimate(*start, hops,
+                             np.array([min(int(in_flight[st.position]), m) for st in stages]), m)
+    if as_is:
+        return [int(c[k]) for c, k in zip(cands, chosen, strict=True)], chain.value()
     width = [d[:, :pools].sum(axis=1) for d in dev_c]
-    filling = False
-    while True:
-        current = chain.value()
-        best: tuple[float, int, int] | None = None
-        for s in range(len(stages)):
-            spare = capacity - used + dev_c[s][chosen[s]]
-            ok = (dev_c[s] <= spare).all(axis=1)
-            if filling:  # only moves that take more devices
-                ok &= width[s] > width[s][chosen[s]]
-            value = np.where(ok, chain.moves(s, busy_c[s], share_c[s], tail_c[s]), np.inf)
-            k = int(np.argmin(value))
-            limit = np.inf if filling else current - 1e-12
-            if value[k] < limit and (best is None or value[k] < best[0]):
-                best = (float(value[k]), s, k)
-        if best is None and use_all and not filling and (used[:pools] < capacity[:pools]).any():
-            filling = True
-            continue
-        if best is None:
-            return [int(c[k]) for c, k in zip(cands, chosen, strict=True)], current
-        _, s, k = best
-        used = used - dev_c[s][chosen[s]] + dev_c[s][k]
-        chosen[s] = k
-        chain.take(s, float(busy_c[s][k]), float(share_c[s][k]), float(tail_c[s][k]))
+    moves = _Moves(busy_c, share_c, tail_c, dev_c, width, capacity, pools)
+    # First the compute-only greedy, whose rounds are cheap (most of the moves on a large
+    # cluster), then the closed form's from where it stopped.
+    chosen, used = moves.greedy(_ComputeOnly(*start, m), chosen, used, use_all=False)
+    chain = PipelineEstimate(*(np.array([a[k] for a, k in zip(x, chosen, strict=True)])
+                               for x in (busy_c, share_c, tail_c)), hops,
+                             np.array([min(int(in_flight[st.position]), m) for st in stages]), m)
+    chosen, used = moves.greedy(chain, chosen, used, use_all=use_all)
+    return [int(c[k]) for c, k in zip(cands, chosen, strict=True)], chain.value()
+
+
+class _ComputeOnly:
+    """``(m − 1)·max u + Σ u + max tail`` of the menu's times: the upgrade's first, cheap
+    estimate (no transfers, no round trips), with the interface of ``PipelineEstimate``."""
+
+    def __init__(self, busy: np.ndarray, _share: np.ndarray, tail: np.ndarray,
+                 m: int) -> None:
+        self.busy, self.tail, self.m = busy.astype(float), tail.astype(float), m
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self._total = float(self.busy.sum())
+        self._busy_top = _top_two(self.busy)
+        self._tail_top = _top_two(self.tail)
+
+    def value(self) -> float:
+        return float((self.m - 1) * self.busy.max() + self._total + self.tail.max())
+
+    def moves(self, s: int, busy: np.ndarray, _share: np.ndarray, tail: np.ndarray
+              ) -> np.ndarray:
+        return ((self.m - 1) * np.maximum(_other(self._busy_top, s), busy) + self._total
+                - self.busy[s] + busy + np.maximum(_other(self._tail_top, s), tail))
+
+    def take(self, s: int, busy: float, _share: float, tail: float) -> None:
+        self.busy[s], self.tail[s] = busy, tail
+        self._refresh()
+
+
+def _top_two(values: np.ndarray) -> tuple[int, float, float]:
+    """Where the largest value is, it, and the largest of the others (0 when none)."""
+    first = int(np.argmax(values))
+    second = float(np.max(np.delete(values, first))) if values.size > 1 else 0.0
+    return first, max(0.0, float(values[first])), max(0.0, second)
+
+
+def _other(top: tuple[int, float, float], s: int) -> float:
+    """The largest value but the one at ``s``, from ``_top_two``."""
+    first, best, second = top
+    return second if s == first else best
+
+
+@dataclass
+class _Moves:
+    """The candidates of every stage, and the greedy that moves one stage per round."""
+
+    busy: list[np.ndarray]
+    share: list[np.ndarray]
+    tail: list[np.ndarray]
+    demand: list[np.ndarray]
+    width: list[np.ndarray]
+    capacity: np.ndarray
+    pools: int
+
+    def greedy(self, est: PipelineEstimate | _ComputeOnly, chosen: list[int], used: np.ndarray,
+               *, use_all: bool) -> tuple[list[int], np.ndarray]:
+        """Take the move that lowers ``est`` most until none does (``use_all``: then the least
+        harmful of those that take more devices, until none is idle or none takes more)."""
+        chosen = list(chosen)
+        filling = False
+        pools, capacity = self.pools, self.capacity
+        while True:
+            current = est.value()
+            best: tuple[float, int, int] | None = None
+            for s in range(len(chosen)):
+                spare = capacity - used + self.demand[s][chosen[s]]
+                ok = (self.demand[s] <= spare).all(axis=1)
+                if filling:  # only moves that take more devices
+                    ok &= self.width[s] > self.width[s][chosen[s]]
+                value = np.where(ok, est.moves(s, self.busy[s], self.share[s], self.tail[s]),
+                                 np.inf)
+                k = int(np.argmin(value))
+                limit = np.inf if filling else current - 1e-12
+                if value[k] < limit and (best is None or value[k] < best[0]):
+                    best = (float(value[k]), s, k)
+            if (best is None and use_all and not filling
+                    and (used[:pools] < capacity[:pools]).any()):
+                filling = True
+                continue
+            if best is None:
+                return chosen, used
+            _, s, k = best
+            used = used - self.demand[s][chosen[s]] + self.demand[s][k]
+            chosen[s] = k
+            est.take(s, float(self.busy[s][k]), float(self.share[s][k]), float(self.tail[s][k]))

@@ -33,6 +33,7 @@ from autosplit.cost.stage import (
     StageContext,
     StageShape,
     StageTables,
+    backward_time,
     boundary_p2p,
     make_context,
     range_busy,
@@ -189,9 +190,10 @@ class Bank:
         rec = (~plain & fits(True)) if self.allow_recompute else np.zeros_like(valid)
         busy = np.where(plain, range_busy(ctx, i, j, False),
                         np.where(rec, range_busy(ctx, i, j, True), math.inf)).astype(float)
-        t = ctx.tables
-        bwd = ((t.bwd[j] - t.bwd[i]) + (t.tpc[j] - t.tpc[i]) / 2
-               + np.where(rec, t.rec[j] - t.rec[i], 0.0))
+        # What later stages' tails hide behind: the slowest lane's backward (a stage that
+        # mixes chips is as slow as its slowest), as ``cost.predict`` takes it.
+        bwd = np.max([np.asarray(backward_time(lane.tables, i, j, rec), dtype=float)
+                      for lane in ctx.all_lanes()], axis=0)
         dp, opt = range_tail(ctx, i, j)
         tail = np.asarray(dp + opt, dtype=float)
         return (busy.ravel(), bwd.ravel(), tail.ravel(), rec.ravel(), _unit_bound(busy))

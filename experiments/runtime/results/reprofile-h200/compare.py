@@ -5,9 +5,15 @@ import statistics
 from pathlib import Path
 
 HERE = Path(__file__).parent
+
+
+def load(name: str) -> dict:
+    """Rows of one profile by (unit, micro-batch, TP)."""
+    with open(HERE / name, newline="") as f:
+        return {(r["unit"], int(r["micro_batch"]), int(r["tp"])): r for r in csv.DictReader(f)}
+
+
 for model in ("gpt-1.3b", "llama-7b"):
-    load = lambda name: {(r["unit"], int(r["micro_batch"]), int(r["tp"])): r  # noqa: E731
-                         for r in csv.DictReader(open(HERE / name))}
     old, new = load(f"{model}-s2048-bf16.old.csv"), load(f"{model}-s2048-bf16.csv")
     same = sum(old[k]["structure"] == new[k]["structure"] for k in new if k in old)
     print(f"## {model}  ({len(new)} new rows, {len(old)} old, {same} with the same structure)")
