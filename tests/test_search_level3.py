@@ -12,11 +12,11 @@ from autosplit.cost.analytic import AnalyticCosts
 from autosplit.cost.pipeline import pipeline_time
 from autosplit.plan.evaluate import validate_plan
 from autosplit.search.engine import search_plan
+from autosplit.search.estimate import Hop, PipelineEstimate
 from autosplit.search.groups import find_pools
 from autosplit.search.options import LaneOption, StageOption
 from autosplit.search.packing import SlotLimit, slot_demand, slot_limits
 from autosplit.search.placement import place
-from autosplit.search.repick import Hop, PipelineEstimate
 
 
 def _three_device_nodes(count: int = 2) -> Cluster:

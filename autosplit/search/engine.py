@@ -42,6 +42,7 @@ from autosplit.protocols.cost import LayerCostProvider
 from autosplit.search.assemble import Solution, assemble
 from autosplit.search.bounds import FluidBound, fluid_bound
 from autosplit.search.budget import STOP_COMPLETE, Budget, OutOfTime
+from autosplit.search.estimate import Hop
 from autosplit.search.groups import (
     DeviceGroup,
     Pool,
@@ -61,7 +62,7 @@ from autosplit.search.pipeline_dp import (
 from autosplit.search.plan_build import FINAL_SLACK, build_plan
 from autosplit.search.polish import polish
 from autosplit.search.progress import SearchProgress, search_progress
-from autosplit.search.repick import Hop, repick_options, upgrade_options
+from autosplit.search.repick import repick_options, upgrade_options
 
 __all__ = ["search_plan", "SearchOutcome"]
 
