@@ -424,24 +424,26 @@ class _CountSearch:
         fits in a node to stay in one, which such groups can prevent (its all-reduce then
         crosses nodes), so the upgrade may move away from a better pipeline."""
         out = []
-        picked, estimate = self._upgrade(path)
+        hops = self._hops(path)
+        picked, estimate = self._upgrade(path, hops=hops)
         if picked is not None:
             out.append((picked, estimate))
         if self.menu.limits:
             kept, value = upgrade_options(self.menu, path, in_flight=self.in_flight,
                                           capacity=self.limits, micro_batches=self.m,
-                                          hops=self._hops(path), as_is=True)
+                                          hops=hops, as_is=True)
             if kept is not None and kept != picked:
                 out.append((kept, value))
         return out
 
-    def _upgrade(self, path: tuple[Stage, ...], as_is: bool = False
-                 ) -> tuple[list[int] | None, float]:
+    def _upgrade(self, path: tuple[Stage, ...], as_is: bool = False,
+                 hops: tuple[Hop, ...] | None = None) -> tuple[list[int] | None, float]:
         """``upgrade_options`` on a programme pipeline. Where its TP groups do not pack into
         the nodes (the programme counts devices, not slots), the options are first
-        re-chosen under every limit (CP-SAT, exact), then upgraded."""
+        re-chosen under every limit (CP-SAT, exact), then upgraded. ``hops``: the path's, where
+        the caller has them already."""
         use_all = not self.search.allow_idle
-        hops = self._hops(path)
+        hops = self._hops(path) if hops is None else hops
         picked, estimate = upgrade_options(self.menu, path, in_flight=self.in_flight,
                                            capacity=self.limits, micro_batches=self.m,
                                            use_all=use_all, hops=hops, as_is=as_is)
@@ -467,8 +469,7 @@ class _CountSearch:
         for a, b in itertools.pairwise(path):
             src = self.pools[self.groups[a.group].pools[-1]]
             dst = self.pools[self.groups[b.group].pools[0]]
-            link = cluster.link_between(src.node, dst.node if dst.index != src.index
-                                        else src.node)
+            link = cluster.link_between(src.node, dst.node)
             out.append(Hop(bytes_per_sample=float(layers[a.end - 1].output_bytes),
                            latency_s=link.latency_s, bytes_per_s=link.bw_gbs * 1e9,
                            blocking=link.kind == "cpu_relay"))

@@ -68,21 +68,16 @@ class PipelineEstimate:
         n = self.busy.size
         for b in range(n - 1):
             self.one_way[b] = float(self._hop(b, self.share[b], self.share[b + 1]))
-        self.eff = self.busy.copy()
-        self.fill = np.zeros(n)
+        blocked_in, blocked_out, self.fill = np.zeros(n), np.zeros(n), np.zeros(n)
         for b, h in enumerate(self.hops):
             if h.blocking:
-                self.eff[b] += 2.0 * self.one_way[b]
-                self.eff[b + 1] += 2.0 * self.one_way[b]
+                blocked_out[b] = blocked_in[b + 1] = 2.0 * self.one_way[b]
             else:
                 self.fill[b] = self.one_way[b]
-        #: a stage's busy time with its blocking transfer in (not out) / out (not in)
-        self._inner = self.busy.copy()
-        self._outer = self.busy.copy()
-        for b, h in enumerate(self.hops):
-            if h.blocking:
-                self._inner[b + 1] += 2.0 * self.one_way[b]
-                self._outer[b] += 2.0 * self.one_way[b]
+        #: a stage's busy time with its blocking transfer in (not out) / out (not in) / both
+        self._inner = self.busy + blocked_in
+        self._outer = self.busy + blocked_out
+        self.eff = self._inner + blocked_out
         step = self.eff + 2.0 * self.fill
         self.trip = np.cumsum(step[::-1])[::-1]  # R_s
         ratio = self.trip / self.window

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -102,10 +103,11 @@ class Menu:
     def size(self) -> int:
         return len(self.options)
 
-    @property
+    @cached_property
     def demand(self) -> np.ndarray:
         """``[option, pool + slot limit]``: what an option takes of every capacity that
-        level 3 must respect (the programme respects the pools' device counts only)."""
+        level 3 must respect (the programme respects the pools' device counts only); built
+        once per menu, level 3 reads it on every move."""
         if not self.limits or self.slots is None:
             return self.devices
         return np.hstack([self.devices, self.slots])

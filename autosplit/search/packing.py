@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autosplit.search.groups import Pool
-from autosplit.search.options import StageOption
+from autosplit.search.options import StageOption, max_groups
 
 __all__ = ["SlotLimit", "slot_limits", "slot_demand"]
 
@@ -43,7 +43,7 @@ def slot_limits(pools: Sequence[Pool], tp_degrees: Sequence[int]) -> tuple[SlotL
         g = p.devices_per_node
         for t in sorted(set(tp_degrees)):
             if 1 < t <= g and g % t:
-                out.append(SlotLimit(pool=p.index, tp=t, capacity=len(p.nodes) * t * (g // t)))
+                out.append(SlotLimit(pool=p.index, tp=t, capacity=t * max_groups(p, t)))
     return tuple(out)
 
 
