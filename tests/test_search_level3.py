@@ -9,7 +9,7 @@ from factories import chip, gpt_like_model
 from autosplit.cluster.schema import Cluster, Node
 from autosplit.config import SearchConfig, TrainingConfig
 from autosplit.cost.analytic import AnalyticCosts
-from autosplit.cost.pipeline import pipeline_time
+from autosplit.cost.pipeline import pipeline_time, tail_time
 from autosplit.plan.evaluate import validate_plan
 from autosplit.search.engine import search_plan
 from autosplit.search.estimate import Hop, PipelineEstimate
@@ -64,18 +64,21 @@ def test_search_uses_tp2_on_three_device_nodes_and_the_plan_is_valid(count):
     assert any(st.tp == 2 for st in plan.stages)
 
 
-def _closed_form(busy, share, tail, hops, window, m):
+def _closed_form(busy, share, tail, back, hops, window, m):
     eff, fill = np.array(busy, dtype=float), []
+    drain = np.array(back, dtype=float)
     for b, h in enumerate(hops):
         p = float(h.one_way(np.maximum(share[b], share[b + 1])))
+        drain[b] += p  # the gradient into stage b, over either kind of link
         if h.blocking:
             eff[b] += 2 * p
             eff[b + 1] += 2 * p
+            drain[b + 1] += p  # stage b + 1 performs the blocking send
             fill.append(0.0)
         else:
             fill.append(p)
-    return pipeline_time(list(eff), micro_batches=m, p2p=fill,
-                         in_flight=list(window)) + max(tail)
+    return (pipeline_time(list(eff), micro_batches=m, p2p=fill, in_flight=list(window))
+            + tail_time(dp_s=list(tail), opt_s=[0.0] * len(tail), drain_s=list(drain)))
 
 
 def test_upgrade_estimate_is_the_closed_form_for_every_move():
@@ -83,21 +86,24 @@ def test_upgrade_estimate_is_the_closed_form_for_every_move():
     for _ in range(400):
         n, m = int(rng.integers(1, 7)), int(rng.integers(1, 9))
         busy, tail = rng.random(n), rng.random(n) * 0.3
+        back = busy * rng.random(n) * 0.1
         share = rng.integers(1, 5, n).astype(float)
         hops = [Hop(float(rng.random()), 0.01, float(rng.random() * 5 + 0.5),
                     bool(rng.random() < 0.3)) for _ in range(n - 1)]
         window = np.array([min(n - k, m) for k in range(n)])
-        chain = PipelineEstimate(busy, share, tail, hops, window, m)
-        assert chain.value() == pytest.approx(_closed_form(busy, share, tail, hops, window, m))
+        chain = PipelineEstimate(busy, share, tail, back, hops, window, m)
+        assert chain.value() == pytest.approx(
+            _closed_form(busy, share, tail, back, hops, window, m))
         s = int(rng.integers(0, n))
         cb, ct = rng.random(4), rng.random(4) * 0.3
+        cw = cb * rng.random(4) * 0.1
         cq = rng.integers(1, 5, 4).astype(float)
-        values = chain.moves(s, cb, cq, ct)
+        values = chain.moves(s, cb, cq, ct, cw)
         for k in range(4):
-            b2, q2, t2 = busy.copy(), share.copy(), tail.copy()
-            b2[s], q2[s], t2[s] = cb[k], cq[k], ct[k]
-            assert values[k] == pytest.approx(_closed_form(b2, q2, t2, hops, window, m))
-        chain.take(s, float(cb[0]), float(cq[0]), float(ct[0]))
-        b2, q2, t2 = busy.copy(), share.copy(), tail.copy()
-        b2[s], q2[s], t2[s] = cb[0], cq[0], ct[0]
-        assert chain.value() == pytest.approx(_closed_form(b2, q2, t2, hops, window, m))
+            b2, q2, t2, w2 = busy.copy(), share.copy(), tail.copy(), back.copy()
+            b2[s], q2[s], t2[s], w2[s] = cb[k], cq[k], ct[k], cw[k]
+            assert values[k] == pytest.approx(_closed_form(b2, q2, t2, w2, hops, window, m))
+        chain.take(s, float(cb[0]), float(cq[0]), float(ct[0]), float(cw[0]))
+        b2, q2, t2, w2 = busy.copy(), share.copy(), tail.copy(), back.copy()
+        b2[s], q2[s], t2[s], w2[s] = cb[0], cq[0], ct[0], cw[0]
+        assert chain.value() == pytest.approx(_closed_form(b2, q2, t2, w2, hops, window, m))

@@ -51,16 +51,17 @@ def pipeline_time(busy: Sequence[float], *, micro_batches: int,
 
 
 def tail_time(*, dp_s: Sequence[float], opt_s: Sequence[float],
-              bwd_s: Sequence[float]) -> float:
+              drain_s: Sequence[float]) -> float:
     """Time after the pipeline drains until every stage has stepped its optimizer.
 
-    Stage ``s`` finishes its last backward earlier than stage 0 by the backward time of the
-    stages before it (the gradient still has to flow back through them), so its all-reduce
-    and step can hide in that slack: ``max_s (dp_s + opt_s − Σ_{s'<s} bwd_{s'})``.
+    Stage ``s`` finishes its last backward earlier than stage 0 by the time the last gradient
+    still needs to reach stage 0 — the backward of every stage in front of it and the
+    transfers between them (``drain_s``, ``cost.stage.drain_time``) — so its all-reduce and
+    step can hide in that slack: ``max_s (dp_s + opt_s − Σ_{s'<s} drain_{s'})``.
     """
     tail = 0.0
     slack = 0.0
-    for dp, opt, bwd in zip(dp_s, opt_s, bwd_s, strict=True):
+    for dp, opt, drain in zip(dp_s, opt_s, drain_s, strict=True):
         tail = max(tail, dp + opt - slack)
-        slack += bwd
+        slack += drain
     return tail

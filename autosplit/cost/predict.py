@@ -24,9 +24,9 @@ from autosplit.cost.schedule import WEIGHT_GRAD_SHARE, get_schedule
 from autosplit.cost.schedule_sim import stage_times_from_prediction
 from autosplit.cost.stage import (
     StageContext,
-    backward_time,
     boundary_p2p,
     compute_time,
+    drain_time,
     lane_activation_terms,
     lane_memory,
     range_busy,
@@ -60,7 +60,7 @@ class _Parts:
     fill: list[float]  # one-way transfer out over an overlapping link (0 when blocking)
     dp: list[float]
     opt: list[float]
-    bwd: list[float]
+    drain: list[float]  # what later stages' tails hide behind (``cost.stage.drain_time``)
     in_flight: list[int]
 
     def pipeline(self, micro_batches: int) -> float:
@@ -68,7 +68,7 @@ class _Parts:
                              in_flight=self.in_flight)
 
     def tail(self) -> float:
-        return tail_time(dp_s=self.dp, opt_s=self.opt, bwd_s=self.bwd)
+        return tail_time(dp_s=self.dp, opt_s=self.opt, drain_s=self.drain)
 
 
 def _parts(stages: Sequence[StageAssignment]) -> _Parts:
@@ -80,7 +80,7 @@ def _parts(stages: Sequence[StageAssignment]) -> _Parts:
         d, o = range_tail(st.ctx, st.start, st.end)
         parts.dp.append(_float(d))
         parts.opt.append(_float(o))
-        parts.bwd.append(_bwd_part(st))
+        parts.drain.append(_float(drain_time(st.ctx, st.start, st.end, st.recompute)))
         parts.in_flight.append(st.ctx.in_flight)
     return parts
 
@@ -89,13 +89,6 @@ def iteration_time(stages: Sequence[StageAssignment], *, micro_batches: int) -> 
     """The objective the search minimises: pipeline time plus the post-pipeline tail."""
     parts = _parts(stages)
     return parts.pipeline(micro_batches) + parts.tail()
-
-
-def _bwd_part(st: StageAssignment) -> float:
-    """The stage's backward (and recompute) time per micro-batch on its slowest lane: what
-    later stages' tails can hide behind (a mixed stage is as slow as its slowest chip)."""
-    return float(max(backward_time(lane.tables, st.start, st.end, st.recompute)
-                     for lane in st.ctx.all_lanes()))
 
 
 def predict(stages: Sequence[StageAssignment], *, micro_batches: int, model: ModelProfile,

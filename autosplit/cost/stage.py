@@ -28,7 +28,7 @@ from autosplit.protocols.cost import LayerCostProvider, LayerTiming
 
 __all__ = ["StageShape", "StageTables", "StageContext", "Lane", "build_tables", "range_busy",
            "range_memory", "range_tail", "boundary_p2p", "OPTIMIZER_BYTES_MOVED",
-           "compute_time", "backward_time", "memory_terms", "tail_terms"]
+           "compute_time", "backward_time", "drain_time", "memory_terms", "tail_terms"]
 
 #: Bytes an Adam step moves per parameter held on the device (read weight, grad, fp32 master,
 #: m, v; write all but the grad) — the step is memory-bound.
@@ -245,6 +245,23 @@ def backward_time(t: StageTables, i, j, recompute):
     Scalars or broadcast arrays."""
     b = (t.bwd[j] - t.bwd[i]) + (t.tpc[j] - t.tpc[i]) / 2
     return b + np.where(recompute, t.rec[j] - t.rec[i], 0.0)
+
+
+def drain_time(ctx: StageContext, i, j, recompute):
+    """Per-micro-batch time the last gradient spends on this stage and on its way here: the
+    backward on the slowest lane, the gradient's transfer in from the next stage (over either
+    kind of link: the receiver waits for it) and, over a blocking link to the stage in front,
+    the send onward (the stage itself performs it). A later stage's post-pipeline tail hides
+    behind the sum of these over the stages in front of it (``cost.pipeline.tail_time``), as
+    the schedule's simulation has it. Scalars or broadcast arrays."""
+    lanes = ctx.all_lanes()
+    out = backward_time(lanes[0].tables, i, j, recompute)
+    for lane in lanes[1:]:
+        out = np.maximum(out, backward_time(lane.tables, i, j, recompute))
+    out = out + boundary_p2p(ctx, j)
+    if StageContext.blocking(ctx.link_in):
+        out = out + _p2p_in(ctx, i)
+    return out
 
 
 def memory_terms(t: StageTables, *, tp: int, dp: int, share: int, training: TrainingConfig,

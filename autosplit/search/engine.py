@@ -525,6 +525,7 @@ def _restricted(menu: Menu, design: _Design) -> Menu:
                 options=tuple(o for o, k in zip(menu.options, keep, strict=True) if k),
                 group=menu.group[keep], devices=menu.devices[keep], share=menu.share[keep],
                 busy=menu.busy[keep], kmax=menu.kmax[keep], tail=menu.tail[keep],
+                backward=menu.backward[keep],
                 ranges=menu.ranges, limits=menu.limits,
                 slots=None if menu.slots is None else menu.slots[keep])
 

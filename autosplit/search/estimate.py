@@ -2,10 +2,13 @@
 
 The upgrade (``repick.upgrade_options``) spends idle devices one move at a time; each round
 values every candidate option of every stage. Two estimates, with one interface (``value``,
-``moves``, ``take``): the compute-only one, ``(m − 1)·max u + Σ u + max tail``, whose rounds
+``moves``, ``take``): the compute-only one, ``(m − 1)·max u + Σ u + tail``, whose rounds
 cost a few array operations, and the cost model's closed form with the stage-boundary
 transfers and the in-flight round trip (``cost.pipeline.pipeline_time``), valued from prefix
-and suffix aggregates so that a move costs O(candidates).
+and suffix aggregates so that a move costs O(candidates). Both charge the post-pipeline tail
+as the cost model does (``cost.pipeline.tail_time``): each stage's all-reduce and optimizer
+step less what it hides behind, the backward (and, in the closed form, the transfers) of the
+stages in front of it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,33 @@ class Hop:
         return self.latency_s + self.bytes_per_sample * share / self.bytes_per_s
 
 
+class _Tail:
+    """``max(0, max_s (tail_s − Σ_{s'<s} drain_s'))`` of a pipeline and of a change of the
+    stages ``[lo, hi)``: the stages in front keep their value, those behind shift by the
+    change of the window's drain, so a move costs O(candidates)."""
+
+    def __init__(self, tail: np.ndarray, drain: np.ndarray) -> None:
+        self.tail, self.drain = tail, drain
+        self.slack = np.concatenate([[0.0], np.cumsum(drain)])  # Σ of the drains in front
+        hidden = tail - self.slack[:-1]
+        self.before = np.concatenate([[0.0], np.maximum.accumulate(hidden)])  # over t < k
+        self.after = np.concatenate([np.maximum.accumulate(hidden[::-1])[::-1], [-np.inf]])
+
+    def value(self) -> float:
+        return float(self.before[-1])
+
+    def moves(self, lo: int, tails: Sequence, drains: Sequence) -> np.ndarray:
+        """The tail with stages ``lo, lo + 1, …`` given ``tails`` and ``drains`` (scalars or
+        arrays over candidates)."""
+        hi = lo + len(tails)
+        slack = self.slack[lo]
+        out = self.before[lo]
+        for t, d in zip(tails, drains, strict=True):
+            out = np.maximum(out, t - slack)
+            slack = slack + d
+        return np.maximum(out, self.after[hi] - (slack - self.slack[hi]))
+
+
 class PipelineEstimate:
     """The cost model's closed form (``cost.pipeline.pipeline_time`` plus the largest tail)
     of a pipeline of chosen options, and its value for every candidate move of one stage.
@@ -51,9 +81,11 @@ class PipelineEstimate:
     one by one only where a bound says they can set the period."""
 
     def __init__(self, busy: np.ndarray, share: np.ndarray, tail: np.ndarray,
-                 hops: Sequence[Hop], window: np.ndarray, m: int) -> None:
+                 backward: np.ndarray, hops: Sequence[Hop], window: np.ndarray,
+                 m: int) -> None:
         self.busy, self.share = busy.astype(float), share.astype(float)
         self.tail, self.hops, self.m = tail.astype(float), list(hops), m
+        self.backward = backward.astype(float)
         self.window = np.maximum(window.astype(float), 1.0)
         self.one_way = np.zeros(max(busy.size - 1, 0))
         inv = 1.0 / self.window
@@ -87,15 +119,22 @@ class PipelineEstimate:
         self._eff_after = np.concatenate([np.maximum.accumulate(self.eff[::-1])[::-1], [0.0]])
         self._eff_sum = np.concatenate([[0.0], np.cumsum(self.eff)])
         self._fill_sum = np.concatenate([[0.0], np.cumsum(self.fill)])
-        self._tail_top = _top_two(self.tail)
+        # The last gradient's way to stage 0: each stage's backward, the transfer in from
+        # behind it (any link) and its blocking send onward (``cost.stage.drain_time``).
+        self._drain = self.backward.copy()
+        self._drain[:-1] += self.one_way
+        for b, h in enumerate(self.hops):
+            if h.blocking:
+                self._drain[b + 1] += self.one_way[b]
+        self._tail = _Tail(self.tail, self._drain)
 
     def value(self) -> float:
         period = max(float(self.eff.max()), float(self.trip_after[0]))
         return float(self.eff.sum() + (self.m - 1) * period + 2.0 * self.fill.sum()
-                     + self.tail.max())
+                     + self._tail.value())
 
-    def moves(self, s: int, busy: np.ndarray, share: np.ndarray, tail: np.ndarray
-              ) -> np.ndarray:
+    def moves(self, s: int, busy: np.ndarray, share: np.ndarray, tail: np.ndarray,
+              backward: np.ndarray) -> np.ndarray:
         """The closed form with stage ``s`` on each candidate (arrays over candidates)."""
         n = self.busy.size
         lo, hi = max(s - 1, 0), min(s + 2, n)  # the stages a move at s can change
@@ -139,37 +178,62 @@ class PipelineEstimate:
                          ) / self.window[:lo, None]
                 period = np.maximum(period, front.max(axis=0))
         return (total + (self.m - 1) * period + 2.0 * fills
-                + np.maximum(_other(self._tail_top, s), tail))
+                + self._window_tail(s, tail, backward, left, right))
 
-    def take(self, s: int, busy: float, share: float, tail: float) -> None:
+    def _window_tail(self, s: int, tail: np.ndarray, backward: np.ndarray, left, right
+                     ) -> np.ndarray:
+        """The tail with stage ``s`` on each candidate: its drain and its neighbours' change
+        with the two boundaries beside it."""
+        n = self.busy.size
+        tails, drains = [], []
+        if s > 0:
+            tails.append(self.tail[s - 1])
+            drains.append(self._drain[s - 1] - self.one_way[s - 1] + left)
+        d_s = backward + (right if s < n - 1 else 0.0)
+        if s > 0 and self.hops[s - 1].blocking:
+            d_s = d_s + left
+        tails.append(tail)
+        drains.append(d_s)
+        if s < n - 1:
+            d = self._drain[s + 1]
+            if self.hops[s].blocking:
+                d = d - self.one_way[s] + right
+            tails.append(self.tail[s + 1])
+            drains.append(d)
+        return self._tail.moves(max(s - 1, 0), tails, drains)
+
+    def take(self, s: int, busy: float, share: float, tail: float, backward: float) -> None:
         self.busy[s], self.share[s], self.tail[s] = busy, share, tail
+        self.backward[s] = backward
         self._refresh()
 
 
 class ComputeOnlyEstimate:
-    """``(m − 1)·max u + Σ u + max tail`` of the menu's times: the upgrade's first, cheap
-    estimate (no transfers, no round trips), with the interface of ``PipelineEstimate``."""
+    """``(m − 1)·max u + Σ u + tail`` of the menu's times (the tail hidden behind the
+    backward of the stages in front, no transfers, no round trips): the upgrade's first,
+    cheap estimate, with the interface of ``PipelineEstimate``."""
 
     def __init__(self, busy: np.ndarray, _share: np.ndarray, tail: np.ndarray,
-                 m: int) -> None:
+                 backward: np.ndarray, m: int) -> None:
         self.busy, self.tail, self.m = busy.astype(float), tail.astype(float), m
+        self.backward = backward.astype(float)
         self._refresh()
 
     def _refresh(self) -> None:
         self._total = float(self.busy.sum())
         self._busy_top = _top_two(self.busy)
-        self._tail_top = _top_two(self.tail)
+        self._tail = _Tail(self.tail, self.backward)
 
     def value(self) -> float:
-        return float((self.m - 1) * self.busy.max() + self._total + self.tail.max())
+        return float((self.m - 1) * self.busy.max() + self._total + self._tail.value())
 
-    def moves(self, s: int, busy: np.ndarray, _share: np.ndarray, tail: np.ndarray
-              ) -> np.ndarray:
+    def moves(self, s: int, busy: np.ndarray, _share: np.ndarray, tail: np.ndarray,
+              backward: np.ndarray) -> np.ndarray:
         return ((self.m - 1) * np.maximum(_other(self._busy_top, s), busy) + self._total
-                - self.busy[s] + busy + np.maximum(_other(self._tail_top, s), tail))
+                - self.busy[s] + busy + self._tail.moves(s, [tail], [backward]))
 
-    def take(self, s: int, busy: float, _share: float, tail: float) -> None:
-        self.busy[s], self.tail[s] = busy, tail
+    def take(self, s: int, busy: float, _share: float, tail: float, backward: float) -> None:
+        self.busy[s], self.tail[s], self.backward[s] = busy, tail, backward
         self._refresh()
 
 

@@ -26,8 +26,8 @@ import numpy as np
 from autosplit.cost.pipeline import pipeline_period
 from autosplit.cost.stage import (
     StageContext,
-    backward_time,
     boundary_p2p,
+    drain_time,
     range_busy,
     range_memory,
     range_tail,
@@ -48,7 +48,7 @@ class StageMatrices:
     recompute: np.ndarray  # bool (L+1, L+1)
     extra: np.ndarray  # (L+1,) fill cost charged once for a boundary at j
     tail: np.ndarray  # (L+1, L+1) DP all-reduce + optimizer step after the pipeline drains
-    bwd: np.ndarray  # (L+1, L+1) backward part of busy (the slack later stages' tails hide in)
+    drain: np.ndarray  # (L+1, L+1) what later stages' tails hide behind (cost.stage.drain_time)
     hop: np.ndarray  # (L+1,) one-way transfer out over an overlapping link, boundary at j
     in_flight: int  # micro-batches the stage may hold (cost.pipeline.pipeline_period)
 
@@ -101,10 +101,10 @@ def stage_matrices(ctx: StageContext, num_units: int, *, allow_recompute: bool) 
         hop = np.asarray(boundary_p2p(ctx, idx), dtype=float)
     extra = 2.0 * hop
     dp_t, opt_t = range_tail(ctx, i + 0 * j, j + 0 * i)
-    bwd = np.max([backward_time(lane.tables, i, j, rec) for lane in ctx.all_lanes()], axis=0)
+    drain = np.broadcast_to(drain_time(ctx, i, j, rec), out.shape)
     return StageMatrices(busy=np.asarray(out, dtype=float), recompute=np.asarray(rec),
                          extra=extra, tail=np.asarray(dp_t + opt_t, dtype=float),
-                         bwd=np.asarray(bwd, dtype=float), hop=hop, in_flight=ctx.in_flight)
+                         drain=np.asarray(drain, dtype=float), hop=hop, in_flight=ctx.in_flight)
 
 
 def _dp(mats: Sequence[StageMatrices], threshold: float
@@ -168,7 +168,7 @@ def _evaluate(mats: Sequence[StageMatrices], bounds: Sequence[int], m: int
     for s, mt in enumerate(mats):
         i, j = bounds[s], bounds[s + 1]
         tail = max(tail, mt.tail[i, j] - slack)
-        slack += mt.bwd[i, j]
+        slack += mt.drain[i, j]
     slowest = max(mt.busy[bounds[s], bounds[s + 1]] for s, mt in enumerate(mats))
     return _pipeline_part(mats, bounds, m) + float(tail), float(slowest)
 

@@ -76,7 +76,7 @@ def solve_split_cpsat(mats: Sequence[StageMatrices], *, micro_batches: int,
         model.add(t_max >= u_s)
         total.append(sum(int(round((mt.busy[i, j] + mt.extra[j]) * _SCALE)) * v
                          for (i, j), v in x[s].items()))
-    # The post-pipeline tail: tail ≥ tail_s − Σ_{s'<s} bwd_s' for every stage, tail ≥ 0 —
+    # The post-pipeline tail: tail ≥ tail_s − Σ_{s'<s} drain_s' for every stage, tail ≥ 0 —
     # linear in the range booleans, so CP-SAT optimises the full objective exactly.
     tail_hi = int(max(float(np.nanmax(np.where(np.isfinite(mt.busy), mt.tail, 0.0)))
                       for mt in mats) * _SCALE) + 1
@@ -85,7 +85,7 @@ def solve_split_cpsat(mats: Sequence[StageMatrices], *, micro_batches: int,
     for s, mt in enumerate(mats):
         model.add(tail >= sum(int(round(mt.tail[i, j] * _SCALE)) * v
                               for (i, j), v in x[s].items()) - slack)
-        slack = slack + sum(int(round(mt.bwd[i, j] * _SCALE)) * v for (i, j), v in x[s].items())
+        slack = slack + sum(int(round(mt.drain[i, j] * _SCALE)) * v for (i, j), v in x[s].items())
     model.minimize(sum(total) + (micro_batches - 1) * t_max + tail)
     if hint:
         ref = solve_split(mats, micro_batches=micro_batches)

@@ -21,6 +21,7 @@ from autosplit.config import SearchConfig, TrainingConfig
 from autosplit.cost.memory import unusable_bytes
 from autosplit.cost.stage import (
     StageTables,
+    backward_time,
     build_tables,
     compute_time,
     memory_terms,
@@ -95,6 +96,7 @@ class Menu:
     busy: np.ndarray
     kmax: np.ndarray
     tail: np.ndarray
+    backward: np.ndarray  # the backward part of busy (what later stages' tails hide behind)
     ranges: RangeIndex
     limits: tuple[SlotLimit, ...] = ()
     slots: np.ndarray | None = None
@@ -136,10 +138,12 @@ def _dp_link(cluster: Cluster, pools: list[Pool], option: StageOption) -> Link:
 
 
 def _price(cache: TableCache, pools: list[Pool], option: StageOption, rng: RangeIndex,
-           training: TrainingConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(busy, kmax, tail) of one option over the range representatives."""
+           training: TrainingConfig
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(busy, kmax, tail, backward) of one option over the range representatives."""
     i, j = rng.start, rng.end
     busy = np.zeros(rng.size)
+    backward = np.zeros(rng.size)
     kmax = np.full(rng.size, ALWAYS_FITS, dtype=np.int64)
     dp = option.replicas
     slowest_bw = min(cache.cluster.chips[pools[ln.pool].chip].achievable_bytes_per_s()
@@ -147,6 +151,7 @@ def _price(cache: TableCache, pools: list[Pool], option: StageOption, rng: Range
     for lane in option.lanes:
         t = cache.tables(lane.pool, option.tp, lane.share)
         busy = np.maximum(busy, compute_time(t, i, j, option.recompute))
+        backward = np.maximum(backward, backward_time(t, i, j, option.recompute))
         static, per, work = memory_terms(t, tp=option.tp, dp=dp, share=lane.share,
                                          training=training, i=i, j=j,
                                          recompute=option.recompute)
@@ -166,7 +171,7 @@ def _price(cache: TableCache, pools: list[Pool], option: StageOption, rng: Range
                              dp_link=_dp_link(cache.cluster, pools, option), training=training,
                              slowest_bytes_per_s=slowest_bw, i=i, j=j,
                              window_s=overlap_window(t0, i, j))
-    return busy, kmax, np.asarray(dp_s + opt_s, dtype=float)
+    return busy, kmax, np.asarray(dp_s + opt_s, dtype=float), backward
 
 
 def _mixed_options(cache: TableCache, group: DeviceGroup, pools: list[Pool], *,
@@ -225,15 +230,17 @@ def build_menu(cache: TableCache, groups: list[DeviceGroup], *, micro_batch_samp
     busy = np.zeros((n_opt, n_rng))
     kmax = np.zeros((n_opt, n_rng), dtype=np.int64)
     tail = np.zeros((n_opt, n_rng))
+    backward = np.zeros((n_opt, n_rng))
     devices = np.zeros((n_opt, n_pool), dtype=np.int64)
     for o, opt in enumerate(options):
         check()
-        busy[o], kmax[o], tail[o] = _price(cache, pools, opt, rng, cache.training)
+        busy[o], kmax[o], tail[o], backward[o] = _price(cache, pools, opt, rng,
+                                                         cache.training)
         for p in range(n_pool):
             devices[o, p] = opt.devices_of(p)
     limits = slot_limits(pools, search.tp_degrees)
     return Menu(micro_batch_samples=micro_batch_samples, options=tuple(options),
                 group=np.array([o.group for o in options], dtype=np.int64), devices=devices,
                 share=np.array([o.max_share for o in options], dtype=np.int64), busy=busy,
-                kmax=kmax, tail=tail, ranges=rng, limits=limits,
+                kmax=kmax, tail=tail, backward=backward, ranges=rng, limits=limits,
                 slots=slot_demand(options, limits))

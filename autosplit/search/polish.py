@@ -11,7 +11,8 @@ around the best plans, each priced exactly, close what the two disagree on:
 - **swap two neighbouring stages** (a pool may then hold two runs: a slow chip at both ends of
   the pipeline, say);
 - **drop a stage** (its units go to its neighbours in the exact split);
-- **split a stage** (its first or last unit on the fewest spare devices of its group);
+- **split a stage** (its first or last unit on the fewest spare devices of its group; the
+  pipeline's first and last unit also on any other group's);
 - each structural move also **with its devices re-spent** by the upgrade
   (``repick.upgrade_options``): a dropped stage's devices go to the stages left, swapped
   options may want other replica counts.
@@ -144,16 +145,19 @@ def _structure_moves(stages: list[Stage]) -> list[list[Stage]]:
 def _split_moves(menu: Menu, stages: list[Stage], in_flight: np.ndarray,
                  capacity: np.ndarray) -> list[list[Stage]]:
     """Each stage of two or more units with its first or its last unit split off into a
-    stage of its own, on the fewest spare devices of its group that hold it (the upgrade
-    then spends what is left). The programme's pipelines take as few devices as their
-    threshold allows, so a stage worth its own devices — an embedding that should not share
-    a wide stage's all-reduce, say — may never appear in them."""
+    stage of its own, on the fewest spare devices of its group that hold it — and the
+    pipeline's first and last unit also onto any other group's (the upgrade then spends what
+    is left). The programme's pipelines take as few devices as their threshold allows, so a
+    stage worth its own devices — an embedding that should not share a wide stage's
+    all-reduce, or that idle devices of another chip can carry, say — may never appear in
+    them."""
     n = len(stages)
     if n + 1 >= in_flight.size:
         return []
     demand = menu.demand
     spare = capacity - demand[[st.option for st in stages]].sum(axis=0)
     width = menu.devices.sum(axis=1)
+    groups = np.unique(menu.group)
     out = []
     for s, st in enumerate(stages):
         if st.end - st.start < 2:
@@ -165,14 +169,27 @@ def _split_moves(menu: Menu, stages: list[Stage], in_flight: np.ndarray,
             r = int(menu.ranges.of[lo, hi])
             fits = ((menu.kmax[:, r] >= in_flight[n + 1 - k]) & np.isfinite(menu.busy[:, r])
                     & (demand <= spare[None, :]).all(axis=1))
-            cand = np.flatnonzero(fits & (menu.group == st.group))
-            if cand.size == 0:
-                continue
-            o = int(cand[np.lexsort((cand, menu.busy[cand, r], width[cand]))[0]])
-            new = Stage(start=lo, end=hi, group=st.group, option=o, position=0)
-            rest = replace(st, start=cut) if front else replace(st, end=cut)
-            seq = stages[:s] + ([new, rest] if front else [rest, new]) + stages[s + 1:]
-            out.append([replace(x, position=n + 1 - j) for j, x in enumerate(seq)])
+            end_unit = (front and s == 0) or (not front and s == n - 1)
+            for g in (groups if end_unit else [st.group]):
+                for o in _fewest(menu, np.flatnonzero(fits & (menu.group == g)), r, width):
+                    new = Stage(start=lo, end=hi, group=int(g), option=o, position=0)
+                    rest = replace(st, start=cut) if front else replace(st, end=cut)
+                    seq = (stages[:s] + ([new, rest] if front else [rest, new])
+                           + stages[s + 1:])
+                    out.append([replace(x, position=n + 1 - j) for j, x in enumerate(seq)])
+    return out
+
+
+def _fewest(menu: Menu, cand: np.ndarray, r: int, width: np.ndarray) -> list[int]:
+    """Of the options ``cand`` for range class ``r``: per TP degree the one of fewest
+    devices (then least busy, lowest index). A one-unit stage's best degree depends on what
+    its unit is — TP shards an embedding's weights and its gradient all-reduce with them,
+    DP does not — which the upgrade's estimate (its largest tail) cannot tell apart."""
+    out = []
+    tps = np.array([menu.options[o].tp for o in cand], dtype=int)
+    for tp in np.unique(tps):
+        own = cand[tps == tp]
+        out.append(int(own[np.lexsort((own, menu.busy[own, r], width[own]))[0]]))
     return out
 
 

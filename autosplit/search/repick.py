@@ -146,15 +146,15 @@ def upgrade_options(menu: Menu, stages: Sequence[Stage], *, in_flight: np.ndarra
 
     Greedy and exact in its step: each round tries every stage's other options that still
     fit its position and the pools' spare devices, and keeps the one move that lowers the
-    estimate most, until none does. Two passes: first ``(m − 1)·max u + Σ u + max tail``
+    estimate most, until none does. Two passes: first ``(m − 1)·max u + Σ u + tail``
     (the menu's times of the stages' own units; the tail — all-reduce and optimizer step —
-    of the slowest-to-finish stage, without the backward it may hide behind), whose rounds
-    are cheap; then, from where it stopped, the cost model's closed form
-    (``PipelineEstimate``) with the transfers at the boundaries ``hops`` — a stage's share
-    sets what it sends, so more replicas also shorten them, and blocking ones add to both
-    stages' busy time — and the in-flight round trip. Returns the options and that estimate
-    of the pipeline's time (without ``hops``, no transfers: the exact pricing adds them, and
-    may hide part of the tail); ``None`` if the
+    of the slowest-to-finish stage, less the backward of the stages in front it hides
+    behind), whose rounds are cheap; then, from where it stopped, the cost model's closed
+    form (``PipelineEstimate``) with the transfers at the boundaries ``hops`` — a stage's
+    share sets what it sends, so more replicas also shorten them, and blocking ones add to
+    both stages' busy time — and the in-flight round trip. Returns the options and that
+    estimate of the pipeline's time (without ``hops``, no transfers: the exact pricing adds
+    them); ``None`` if the
     pipeline cannot be made to fit at its stages' true positions. ``capacity`` is
     ``Menu.limits_of`` the pools' device counts; ``as_is``: no moves, the pipeline
     as it is, valued."""
@@ -166,6 +166,7 @@ def upgrade_options(menu: Menu, stages: Sequence[Stage], *, in_flight: np.ndarra
         return None, math.inf  # a stage fits no option at its true position
     busy_c = [menu.busy[c, r] for c, r in zip(cands, ranges, strict=True)]
     tail_c = [menu.tail[c, r] for c, r in zip(cands, ranges, strict=True)]
+    back_c = [menu.backward[c, r] for c, r in zip(cands, ranges, strict=True)]
     share_c = [menu.share[c].astype(float) for c in cands]
     dev_c = [menu.demand[c] for c in cands]
     pools = menu.devices.shape[1]
@@ -179,18 +180,19 @@ def upgrade_options(menu: Menu, stages: Sequence[Stage], *, in_flight: np.ndarra
         return None, math.inf
     start = (np.array([b[k] for b, k in zip(busy_c, chosen, strict=True)]),
              np.array([q[k] for q, k in zip(share_c, chosen, strict=True)]),
-             np.array([t[k] for t, k in zip(tail_c, chosen, strict=True)]))
+             np.array([t[k] for t, k in zip(tail_c, chosen, strict=True)]),
+             np.array([w[k] for w, k in zip(back_c, chosen, strict=True)]))
     chain = PipelineEstimate(*start, hops,
                              np.array([min(int(in_flight[st.position]), m) for st in stages]), m)
     if as_is:
         return [int(c[k]) for c, k in zip(cands, chosen, strict=True)], chain.value()
     width = [d[:, :pools].sum(axis=1) for d in dev_c]
-    moves = _Moves(busy_c, share_c, tail_c, dev_c, width, capacity, pools)
+    moves = _Moves(busy_c, share_c, tail_c, back_c, dev_c, width, capacity, pools)
     # First the compute-only greedy, whose rounds are cheap (most of the moves on a large
     # cluster), then the closed form's from where it stopped.
     chosen, used = moves.greedy(ComputeOnlyEstimate(*start, m), chosen, used, use_all=False)
     chain = PipelineEstimate(*(np.array([a[k] for a, k in zip(x, chosen, strict=True)])
-                               for x in (busy_c, share_c, tail_c)), hops,
+                               for x in (busy_c, share_c, tail_c, back_c)), hops,
                              np.array([min(int(in_flight[st.position]), m) for st in stages]), m)
     chosen, used = moves.greedy(chain, chosen, used, use_all=use_all)
     return [int(c[k]) for c, k in zip(cands, chosen, strict=True)], chain.value()
@@ -203,6 +205,7 @@ class _Moves:
     busy: list[np.ndarray]
     share: list[np.ndarray]
     tail: list[np.ndarray]
+    backward: list[np.ndarray]
     demand: list[np.ndarray]
     width: list[np.ndarray]
     capacity: np.ndarray
@@ -223,7 +226,8 @@ class _Moves:
                 ok = (self.demand[s] <= spare).all(axis=1)
                 if filling:  # only moves that take more devices
                     ok &= self.width[s] > self.width[s][chosen[s]]
-                value = np.where(ok, est.moves(s, self.busy[s], self.share[s], self.tail[s]),
+                value = np.where(ok, est.moves(s, self.busy[s], self.share[s], self.tail[s],
+                                           self.backward[s]),
                                  np.inf)
                 k = int(np.argmin(value))
                 limit = np.inf if filling else current - 1e-12
@@ -238,4 +242,5 @@ class _Moves:
             _, s, k = best
             used = used - self.demand[s][chosen[s]] + self.demand[s][k]
             chosen[s] = k
-            est.take(s, float(self.busy[s][k]), float(self.share[s][k]), float(self.tail[s][k]))
+            est.take(s, float(self.busy[s][k]), float(self.share[s][k]), float(self.tail[s][k]),
+                     float(self.backward[s][k]))

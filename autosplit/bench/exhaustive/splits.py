@@ -80,21 +80,26 @@ def cost_splits(bank: BankArrays, grid: SplitGrid, own: np.ndarray, boundary: np
     for s in range(p):
         rows, cells = own[:, s][:, None], grid.flat[None, :, s]
         busy = bank.busy[rows, cells]
+        # What the tails of the stages behind hide in: this stage's backward, the gradient
+        # coming in from behind, and over a blocking link in front the send it performs.
+        drain = bank.bwd[rows, cells]
         if s > 0:
             b = boundary[:, s - 1]
-            busy = busy + 2.0 * bank.blocking[b][:, None] * bank.transfer[
-                b[:, None], grid.starts[None, :, s]]
+            into = bank.blocking[b][:, None] * bank.transfer[b[:, None], grid.starts[None, :, s]]
+            busy = busy + 2.0 * into
+            drain = drain + into
         if s < p - 1:
             b = boundary[:, s]
             out = bank.transfer[b[:, None], grid.ends[None, :, s]]
             blocking = bank.blocking[b][:, None]
             busy = busy + 2.0 * blocking * out
             fill += (1.0 - blocking) * out
+            drain = drain + out
             trips.append(busy + 2.0 * (1.0 - blocking) * out)
         else:
             trips.append(busy)
         np.maximum(after, bank.tail[rows, cells] - slack, out=after)
-        slack += bank.bwd[rows, cells]
+        slack += drain
         total += busy
         np.maximum(peak, busy, out=peak)
     # The in-flight limit's round trip (cost.pipeline.pipeline_period), from the last stage up.
