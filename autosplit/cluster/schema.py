@@ -178,6 +178,22 @@ class Cluster:
         staging latency)."""
         if node_a.name == node_b.name:
             return Link("intra_node", node_a.intra_bw_gbs, node_a.intra_latency_s)
+        # Across nodes the path depends only on what the key names, so the many node pairs
+        # of a large cluster share a few results (collectives ask for every ring neighbour).
+        key = (node_a.chip, node_b.chip, node_a.nic_bw_gbs, node_b.nic_bw_gbs,
+               node_a.host_bw_gbs, node_b.host_bw_gbs)
+        hit = self._links.get(key)
+        if hit is None:
+            hit = self._links[key] = self._across_nodes(node_a, node_b)
+        return hit
+
+    @cached_property
+    def _links(self) -> dict[tuple, Link]:
+        return {}
+
+    def _across_nodes(self, node_a: Node, node_b: Node) -> Link:
+        """``link_between`` for two different nodes; reads only the nodes' chips, NIC and
+        host bandwidths (``link_between``'s cache key)."""
         net_bw = min(node_a.nic_bw_gbs, node_b.nic_bw_gbs)
         vl = self._vendor_link(node_a.chip, node_b.chip)
         named = vl is not None and {vl.a.lower(), vl.b.lower()} == {

@@ -383,10 +383,13 @@ def range_tail(ctx: StageContext, i, j):
 def lane_groups(cluster: Cluster, shape: StageShape) -> list[tuple[str, Node, int, float]]:
     """(chip, a node, largest share, capacity) per chip of the stage, the stage's chip first."""
     out: dict[str, list] = {}
+    largest: dict[str, int] = {}  # per node: its replicas' largest share
     for r in shape.replicas:
-        node = cluster.node(r.node)
+        largest[r.node] = max(largest.get(r.node, 0), r.batch_share)
+    for name, share in largest.items():
+        node = cluster.node(name)
         entry = out.setdefault(node.chip, [node, 0, float("inf")])
-        entry[1] = max(entry[1], r.batch_share)
+        entry[1] = max(entry[1], share)
         entry[2] = min(entry[2], cluster.device_memory_bytes(node))
     order = sorted(out, key=lambda c: (c != shape.chip, list(out).index(c)))
     return [(c, out[c][0], out[c][1], out[c][2]) for c in order]

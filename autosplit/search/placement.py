@@ -67,9 +67,8 @@ def _take(nodes: list[_Node], tp: int, count: int, *,
         for node in nodes:
             if len(node.free) >= tp * count:
                 return [(node.name, _grab(node, tp)) for _ in range(count)]
-    order = sorted(range(len(nodes)), key=lambda k: (len(nodes[k].free) < nodes[k].size, k))
-    for k in order:
-        node = nodes[k]
+    whole = [n for n in nodes if len(n.free) == n.size]
+    for node in whole + [n for n in nodes if 0 < len(n.free) < n.size]:
         while len(out) < count and len(node.free) >= tp:
             out.append((node.name, _grab(node, tp)))
         if len(out) == count:
@@ -85,9 +84,13 @@ def _grab(node: _Node, tp: int) -> tuple[int, ...]:
 
 def _tape(nodes: list[_Node], tp: int, count: int) -> list[tuple[str, tuple[int, ...]]]:
     """``count`` TP groups from the first nodes with room, in node order (a node with too
-    few devices left for a group keeps them for later, smaller groups)."""
+    few devices left for a group keeps them for later, smaller groups). ``nodes`` is in
+    reverse node order; the filled nodes at its end are dropped first, so each call starts
+    where the previous one stopped instead of walking the pool's filled nodes again."""
     out: list[tuple[str, tuple[int, ...]]] = []
-    for node in nodes:
+    while nodes and not nodes[-1].free:  # full nodes at the front, kept reversed: see place
+        nodes.pop()
+    for node in reversed(nodes):
         while len(out) < count and len(node.free) >= tp:
             out.append((node.name, _grab(node, tp)))
         if len(out) == count:
@@ -98,16 +101,19 @@ def _tape(nodes: list[_Node], tp: int, count: int) -> list[tuple[str, tuple[int,
 def place(options: Sequence[StageOption], pools: Sequence[Pool], micro_batch_samples: int,
           strategy: str = "tape") -> list[tuple[Replica, ...]]:
     """Replicas (node, devices, share, chip) of every stage, in pipeline order."""
+    used = {lane.pool for opt in options for lane in opt.lanes}
     free = {p.index: [_Node(n.name, n.devices, list(range(n.devices))) for n in p.nodes]
-            for p in pools}
+            for p in pools if p.index in used}
     picked: dict[tuple[int, int], list[tuple[str, tuple[int, ...]]]] = {}
     lanes = [(s, k, opt.tp, lane) for s, opt in enumerate(options)
              for k, lane in enumerate(opt.lanes)]
     if strategy == "tape":
         # Pipeline order; a TP degree that does not divide the ones before it could leave
         # gaps, so degrees are taken largest first only where they differ within a pool.
+        # Node lists reversed, so the nodes ``_tape`` has filled drop off the end.
+        tapes = {p: nodes[::-1] for p, nodes in free.items()}
         for s, k, tp, lane in sorted(lanes, key=lambda x: (x[0], x[1])):
-            picked[(s, k)] = _tape(free[lane.pool], tp, lane.replicas)
+            picked[(s, k)] = _tape(tapes[lane.pool], tp, lane.replicas)
     else:
         # Largest TP groups first (no gaps), then larger stages, then pipeline order.
         for s, k, tp, lane in sorted(lanes, key=lambda x: (-x[2], -x[2] * x[3].replicas,

@@ -11,7 +11,9 @@ Parameters: V·h (tokens) + P·h (positions) + L·(12h² + 13h) + 2h (final LN) 
 
 Model args (strings, from ``--model-arg``): ``size`` (tiny, 125m, 350m, 760m, 1.3b, 2.7b,
 6.7b, 13b, 30b, 175b) and overrides ``layers``, ``hidden``, ``heads``, ``vocab``,
-``positions``. Sizes follow Table 2.1 of Brown et al. 2020 with vocab 50257 and 2048
+``positions``; ``attention=explicit`` multiplies the scores out instead of the fused causal
+kernel (as Megatron-LM did in the published runs of experiments/fidelity).
+Sizes follow Table 2.1 of Brown et al. 2020 with vocab 50257 and 2048
 positions. Three departures where the table is inconsistent or silent: for 1.3B it prints
 24 heads of 128 with d_model 2048 — 16 heads of 128 are used; for 13B it prints d_model 5140,
 which does not divide into its 40 heads of 128 — 5120 is used; 30B is not in that table and
@@ -55,9 +57,10 @@ class Attention(nn.Module):
     by output features over tensor-parallel ranks, each rank holds whole heads and the same
     code runs on its share of them."""
 
-    def __init__(self, hidden: int, heads: int) -> None:
+    def __init__(self, hidden: int, heads: int, explicit: bool = False) -> None:
         super().__init__()
         self.head_dim = hidden // heads
+        self.explicit = explicit
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
 
@@ -65,8 +68,22 @@ class Attention(nn.Module):
         b, s, _ = x.shape
         q, k, v = self.qkv(x).view(b, s, -1, 3, self.head_dim).unbind(3)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = _explicit_attention(q, k, v) if self.explicit else \
+            F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(b, s, -1))
+
+
+def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention as Megatron-LM ran it before fused attention kernels (Shoeybi et al.
+    2019; the 2021 and 2022 Selene runs): the full ``s × s`` scores of every head are
+    multiplied out (the scale folded into ``q``), masked and soft-maxed in memory, then
+    multiplied by ``v`` — the scores' bytes moved by each elementwise step. Megatron-LM fuses
+    the scale, mask and softmax into one kernel; here the mask and the softmax are two."""
+    s = q.shape[-2]
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+    future = torch.ones(s, s, dtype=torch.bool, device=q.device).triu(1)
+    probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    return torch.matmul(probs, v)
 
 
 class MLP(nn.Module):
@@ -84,10 +101,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: 12h² + 13h parameters."""
 
-    def __init__(self, hidden: int, heads: int) -> None:
+    def __init__(self, hidden: int, heads: int, explicit_attention: bool = False) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(hidden)
-        self.attn = Attention(hidden, heads)
+        self.attn = Attention(hidden, heads, explicit_attention)
         self.ln_2 = nn.LayerNorm(hidden)
         self.mlp = MLP(hidden)
 
@@ -100,11 +117,12 @@ class GPT(nn.Module):
     """Token ids ``(b, s)`` -> logits ``(b, s, vocab)``."""
 
     def __init__(self, *, layers: int, hidden: int, heads: int, vocab: int,
-                 positions: int) -> None:
+                 positions: int, explicit_attention: bool = False) -> None:
         super().__init__()
         self.wte = nn.Embedding(vocab, hidden)
         self.wpe = nn.Embedding(positions, hidden)
-        self.blocks = nn.ModuleList(Block(hidden, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(hidden, heads, explicit_attention)
+                                    for _ in range(layers))
         self.ln_f = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, vocab, bias=False)
 
@@ -136,8 +154,9 @@ def _int_arg(name: str, value: str | None, default: int) -> int:
 
 def build_model(size: str = "125m", layers: str | None = None, hidden: str | None = None,
                 heads: str | None = None, vocab: str | None = None,
-                positions: str | None = None) -> GPT:
-    """A GPT of a named ``size``; any dimension can be overridden."""
+                positions: str | None = None, attention: str = "sdpa") -> GPT:
+    """A GPT of a named ``size``; any dimension can be overridden. ``attention``: ``sdpa``
+    (a fused causal kernel) or ``explicit`` (scores multiplied out, as older Megatron-LM)."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     d_layers, d_hidden, d_heads, d_vocab, d_positions = SIZES[size]
@@ -145,11 +164,14 @@ def build_model(size: str = "125m", layers: str | None = None, hidden: str | Non
     n_heads = _int_arg("heads", heads, d_heads)
     if n_hidden % n_heads:
         raise ValueError(f"hidden {n_hidden} is not divisible by heads {n_heads}")
+    if attention not in ("sdpa", "explicit"):
+        raise ValueError(f"model arg attention={attention!r}: choose sdpa or explicit")
     n_vocab = _int_arg("vocab", vocab, d_vocab)
     if n_vocab < _BATCH_VOCAB:
         raise ValueError(f"vocab must be at least {_BATCH_VOCAB}")
     return GPT(layers=_int_arg("layers", layers, d_layers), hidden=n_hidden, heads=n_heads,
-               vocab=n_vocab, positions=_int_arg("positions", positions, d_positions))
+               vocab=n_vocab, positions=_int_arg("positions", positions, d_positions),
+               explicit_attention=attention == "explicit")
 
 
 def example_batch(batch_size: int, seq_len: int,
