@@ -36,10 +36,23 @@ class PlacementError(ValueError):
 
 
 @dataclass
-class _Node:
-    name: str
+class _Free:
+    """A pool's free devices. Each node's devices are taken from its front, so its free
+    devices are always ``used[k]`` up to the node's size: one count per node, no lists."""
+
+    names: list[str]
     size: int
-    free: list[int]
+    used: list[int]
+    #: Nodes before this one are full (where the tape resumes).
+    start: int = 0
+
+    def room(self, k: int) -> int:
+        return self.size - self.used[k]
+
+    def grab(self, k: int, tp: int) -> tuple[str, tuple[int, ...]]:
+        u = self.used[k]
+        self.used[k] = u + tp
+        return self.names[k], tuple(range(u, u + tp))
 
 
 def lane_shares(option: StageOption, micro_batch_samples: int) -> list[list[int]]:
@@ -58,41 +71,36 @@ def lane_shares(option: StageOption, micro_batch_samples: int) -> list[list[int]
     return shares
 
 
-def _take(nodes: list[_Node], tp: int, count: int, *,
+def _take(free: _Free, tp: int, count: int, *,
           small: bool) -> list[tuple[str, tuple[int, ...]]]:
     """``count`` TP groups of ``tp`` devices, each inside one node. A small stage goes to the
     first node that holds all of it; a large one takes whole free nodes first."""
     out: list[tuple[str, tuple[int, ...]]] = []
+    nodes = range(len(free.used))
     if small:
-        for node in nodes:
-            if len(node.free) >= tp * count:
-                return [(node.name, _grab(node, tp)) for _ in range(count)]
-    whole = [n for n in nodes if len(n.free) == n.size]
-    for node in whole + [n for n in nodes if 0 < len(n.free) < n.size]:
-        while len(out) < count and len(node.free) >= tp:
-            out.append((node.name, _grab(node, tp)))
+        for k in nodes:
+            if free.room(k) >= tp * count:
+                return [free.grab(k, tp) for _ in range(count)]
+    whole = [k for k in nodes if free.used[k] == 0]
+    for k in whole + [k for k in nodes if 0 < free.used[k] < free.size]:
+        while len(out) < count and free.room(k) >= tp:
+            out.append(free.grab(k, tp))
         if len(out) == count:
             return out
     raise PlacementError("not enough free devices in whole TP groups")
 
 
-def _grab(node: _Node, tp: int) -> tuple[int, ...]:
-    got = tuple(node.free[:tp])
-    del node.free[:tp]
-    return got
-
-
-def _tape(nodes: list[_Node], tp: int, count: int) -> list[tuple[str, tuple[int, ...]]]:
+def _tape(free: _Free, tp: int, count: int) -> list[tuple[str, tuple[int, ...]]]:
     """``count`` TP groups from the first nodes with room, in node order (a node with too
-    few devices left for a group keeps them for later, smaller groups). ``nodes`` is in
-    reverse node order; the filled nodes at its end are dropped first, so each call starts
-    where the previous one stopped instead of walking the pool's filled nodes again."""
+    few devices left for a group keeps them for later, smaller groups). Each call resumes
+    after the nodes already full instead of walking them again."""
     out: list[tuple[str, tuple[int, ...]]] = []
-    while nodes and not nodes[-1].free:  # full nodes at the front, kept reversed: see place
-        nodes.pop()
-    for node in reversed(nodes):
-        while len(out) < count and len(node.free) >= tp:
-            out.append((node.name, _grab(node, tp)))
+    n = len(free.used)
+    while free.start < n and free.used[free.start] == free.size:
+        free.start += 1
+    for k in range(free.start, n):
+        while len(out) < count and free.room(k) >= tp:
+            out.append(free.grab(k, tp))
         if len(out) == count:
             return out
     raise PlacementError("not enough free devices in whole TP groups")
@@ -102,7 +110,8 @@ def place(options: Sequence[StageOption], pools: Sequence[Pool], micro_batch_sam
           strategy: str = "tape") -> list[tuple[Replica, ...]]:
     """Replicas (node, devices, share, chip) of every stage, in pipeline order."""
     used = {lane.pool for opt in options for lane in opt.lanes}
-    free = {p.index: [_Node(n.name, n.devices, list(range(n.devices))) for n in p.nodes]
+    free = {p.index: _Free(names=[n.name for n in p.nodes], size=p.devices_per_node,
+                           used=[0] * len(p.nodes))
             for p in pools if p.index in used}
     picked: dict[tuple[int, int], list[tuple[str, tuple[int, ...]]]] = {}
     lanes = [(s, k, opt.tp, lane) for s, opt in enumerate(options)
@@ -110,10 +119,8 @@ def place(options: Sequence[StageOption], pools: Sequence[Pool], micro_batch_sam
     if strategy == "tape":
         # Pipeline order; a TP degree that does not divide the ones before it could leave
         # gaps, so degrees are taken largest first only where they differ within a pool.
-        # Node lists reversed, so the nodes ``_tape`` has filled drop off the end.
-        tapes = {p: nodes[::-1] for p, nodes in free.items()}
         for s, k, tp, lane in sorted(lanes, key=lambda x: (x[0], x[1])):
-            picked[(s, k)] = _tape(tapes[lane.pool], tp, lane.replicas)
+            picked[(s, k)] = _tape(free[lane.pool], tp, lane.replicas)
     else:
         # Largest TP groups first (no gaps), then larger stages, then pipeline order.
         for s, k, tp, lane in sorted(lanes, key=lambda x: (-x[2], -x[2] * x[3].replicas,
